@@ -73,6 +73,9 @@ pub enum StoreError {
     /// A membership change was refused.
     #[error("membership change refused: {0}")]
     Membership(String),
+    /// Another membership change is still being committed; retry later.
+    #[error("membership change refused: another change is in progress")]
+    MembershipChangeInProgress,
     /// A message came from a member that is not in this member's configuration.
     #[error("rejected message from node {0}: not a member of this cluster")]
     UnknownSender(NodeId),

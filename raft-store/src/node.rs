@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, Raft, ServerState};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -203,7 +203,15 @@ impl StoreNode {
         let members = BTreeMap::from([(self.id(), BasicNode { addr: self.addr().to_string() })]);
         raft.initialize(members)
             .await
-            .map_err(|e| StoreError::Raft(format!("initializing cluster: {e}")))
+            .map_err(|e| StoreError::Raft(format!("initializing cluster: {e}")))?;
+        self.wait_for_leader(Instant::now() + self.inner.config.request_timeout)
+            .await
+            .map(|_| ())
+    }
+
+    /// True while this member is the Raft leader.
+    pub fn is_leader(&self) -> bool {
+        self.leader() == Leader::Local
     }
 
     pub(crate) fn leader(&self) -> Leader {
@@ -551,13 +559,31 @@ impl StoreNode {
         }
     }
 
+    /// Applies a membership change on this member, which leads; waits while
+    /// an earlier change is still in progress (joint consensus allows one at
+    /// a time).
     async fn change_membership_local(&self, change: MembershipChange) -> Result<()> {
+        let deadline = Instant::now() + self.inner.config.request_timeout.max(Duration::from_secs(30));
+        loop {
+            match self.change_membership_once(change.clone()).await {
+                Err(StoreError::MembershipChangeInProgress) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn change_membership_once(&self, change: MembershipChange) -> Result<()> {
         let raft = &self.inner.raft;
         let map_err = |e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>| match e {
             RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => StoreError::NotLeader {
                 leader_id: f.leader_id,
                 leader_addr: f.leader_node.map(|n| n.addr),
             },
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(ChangeMembershipError::InProgress(_))) => {
+                StoreError::MembershipChangeInProgress
+            }
             RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => StoreError::Membership(e.to_string()),
             RaftError::Fatal(_) => StoreError::Stopped,
         };

@@ -217,17 +217,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
-        let cached = self.current.lock().expect("snapshot cache lock").clone();
-        let (meta, data) = match cached {
-            Some(found) => found,
-            None => {
-                let built = build(self.db.clone()).await?;
-                if built.0.last_log_id.is_none() {
-                    return Ok(None);
-                }
-                *self.current.lock().expect("snapshot cache lock") = Some(built.clone());
-                built
-            }
+        // openraft rebuilds a snapshot itself at startup when the log was
+        // purged and none is cached, so only the cached one is returned.
+        let Some((meta, data)) = self.current.lock().expect("snapshot cache lock").clone() else {
+            return Ok(None);
         };
         Ok(Some(Snapshot {
             meta,

@@ -1,0 +1,26 @@
+//! Integration tests of orch's replicated store, against real RocksDB and
+//! real Raft over HTTP/2 sockets on loopback.
+
+mod bad_input;
+mod catchup;
+mod failover;
+mod kv;
+mod lease;
+mod partition;
+mod process;
+mod snapshot;
+mod txn;
+mod watch;
+
+use std::collections::BTreeMap;
+
+use orch_raft_store::{KeyRange, RangeRequest, Revision, StoreNode};
+
+/// Every key of a member's local state with its metadata, and the member's
+/// revision (serializable read: what this member itself holds).
+pub async fn local_state(node: &StoreNode) -> (BTreeMap<Vec<u8>, orch_raft_store::KeyValue>, Revision) {
+    let mut req = RangeRequest::new(KeyRange::prefix(Vec::new()));
+    req.serializable = true;
+    let resp = node.range(req).await.expect("local range");
+    (resp.kvs.into_iter().map(|kv| (kv.key.clone(), kv)).collect(), resp.revision)
+}
