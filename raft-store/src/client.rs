@@ -69,9 +69,16 @@ impl Client {
         self
     }
 
-    async fn call<Req: Serialize, Resp: DeserializeOwned>(&self, path: &'static str, req: &Req, retry: Retry) -> Result<Resp> {
+    async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        path: &'static str,
+        req: &Req,
+        retry: Retry,
+    ) -> Result<Resp> {
         if self.endpoints.is_empty() {
-            return Err(StoreError::InvalidArgument("client has no endpoints".into()));
+            return Err(StoreError::InvalidArgument(
+                "client has no endpoints".into(),
+            ));
         }
         let body = Bytes::from(encode(req));
         let deadline = Instant::now() + self.timeout;
@@ -80,12 +87,17 @@ impl Client {
             let index = self.current.load(Ordering::Relaxed) % self.endpoints.len();
             let endpoint = &self.endpoints[index];
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let outcome = self.http.post(endpoint, path, body.clone(), remaining).await;
+            let outcome = self
+                .http
+                .post(endpoint, path, body.clone(), remaining)
+                .await;
             let error = match outcome {
                 Ok(bytes) => {
                     let result: Result<Resp> = decode(&bytes, "server answer")?;
                     match result {
-                        Err(StoreError::Stopped) => TransportError::Unreachable("member stopping".into()),
+                        Err(StoreError::Stopped) => {
+                            TransportError::Unreachable("member stopping".into())
+                        }
                         other => return other,
                     }
                 }
@@ -98,7 +110,9 @@ impl Client {
                 Err(TransportError::Status { status: 400, body }) => {
                     return Err(StoreError::InvalidArgument(body))
                 }
-                Err(TransportError::Status { status: 503, body }) => TransportError::Unreachable(body),
+                Err(TransportError::Status { status: 503, body }) => {
+                    TransportError::Unreachable(body)
+                }
                 Err(e) => e,
             };
             let unsent = matches!(error, TransportError::Unreachable(_));
@@ -108,12 +122,17 @@ impl Client {
                 )));
             }
             // Move on to the next member.
-            let _ = self
-                .current
-                .compare_exchange(index, index + 1, Ordering::Relaxed, Ordering::Relaxed);
+            let _ = self.current.compare_exchange(
+                index,
+                index + 1,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
             failures += 1;
             if Instant::now() >= deadline {
-                return Err(StoreError::Unavailable(format!("no member answered: last error {error}")));
+                return Err(StoreError::Unavailable(format!(
+                    "no member answered: last error {error}"
+                )));
             }
             if failures % self.endpoints.len() == 0 {
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -122,14 +141,21 @@ impl Client {
     }
 
     async fn command(&self, command: Command) -> Result<CommandResult> {
-        match self.call::<_, CommandResult>(PATH_COMMAND, &command, Retry::IfUnsent).await? {
+        match self
+            .call::<_, CommandResult>(PATH_COMMAND, &command, Retry::IfUnsent)
+            .await?
+        {
             CommandResult::Failed(e) => Err(e),
             result => Ok(result),
         }
     }
 
     /// Sets `key` to `value`.
-    pub async fn put(&self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Result<PutResponse> {
+    pub async fn put(
+        &self,
+        key: impl Into<Vec<u8>>,
+        value: impl Into<Vec<u8>>,
+    ) -> Result<PutResponse> {
         self.put_with(PutRequest::new(key, value)).await
     }
 
@@ -209,7 +235,12 @@ impl Client {
     pub async fn status_of(&self, endpoint: &str) -> Result<MemberStatus> {
         let bytes = self
             .http
-            .post(endpoint, PATH_STATUS, Bytes::from(encode(&())), self.timeout)
+            .post(
+                endpoint,
+                PATH_STATUS,
+                Bytes::from(encode(&())),
+                self.timeout,
+            )
             .await
             .map_err(|e| StoreError::Transport {
                 target: endpoint.to_string(),
@@ -220,20 +251,31 @@ impl Client {
 
     /// Adds a learner and waits until it has caught up.
     pub async fn add_learner(&self, id: NodeId, addr: impl Into<String>) -> Result<MemberStatus> {
-        let change = MembershipChange::AddLearner { id, addr: addr.into() };
+        let change = MembershipChange::AddLearner {
+            id,
+            addr: addr.into(),
+        };
         self.call(PATH_MEMBERSHIP, &change, Retry::IfUnsent).await
     }
 
     /// Makes learners voters.
     pub async fn promote(&self, ids: &[NodeId]) -> Result<MemberStatus> {
-        self.call(PATH_MEMBERSHIP, &MembershipChange::Promote(ids.to_vec()), Retry::IfUnsent)
-            .await
+        self.call(
+            PATH_MEMBERSHIP,
+            &MembershipChange::Promote(ids.to_vec()),
+            Retry::IfUnsent,
+        )
+        .await
     }
 
     /// Removes members.
     pub async fn remove(&self, ids: &[NodeId]) -> Result<MemberStatus> {
-        self.call(PATH_MEMBERSHIP, &MembershipChange::Remove(ids.to_vec()), Retry::IfUnsent)
-            .await
+        self.call(
+            PATH_MEMBERSHIP,
+            &MembershipChange::Remove(ids.to_vec()),
+            Retry::IfUnsent,
+        )
+        .await
     }
 
     /// Saves a snapshot of the whole cluster state to `path`.
@@ -264,7 +306,11 @@ impl Client {
         loop {
             let index = self.current.load(Ordering::Relaxed) % self.endpoints.len();
             let endpoint = self.endpoints[index].clone();
-            match self.http.post_stream(&endpoint, PATH_WATCH, Bytes::from(encode(&req))).await {
+            match self
+                .http
+                .post_stream(&endpoint, PATH_WATCH, Bytes::from(encode(&req)))
+                .await
+            {
                 Ok(mut body) => {
                     let mut buffer = BytesMut::new();
                     loop {
@@ -273,16 +319,20 @@ impl Client {
                             _ = out.closed() => return,
                         };
                         let Some(Ok(frame)) = frame else { break };
-                        let Ok(data) = frame.into_data() else { continue };
+                        let Ok(data) = frame.into_data() else {
+                            continue;
+                        };
                         buffer.extend_from_slice(&data);
                         while buffer.len() >= 4 {
-                            let len = u32::from_be_bytes(buffer[..4].try_into().expect("4 bytes")) as usize;
+                            let len = u32::from_be_bytes(buffer[..4].try_into().expect("4 bytes"))
+                                as usize;
                             if buffer.len() < 4 + len {
                                 break;
                             }
                             buffer.advance(4);
                             let payload = buffer.split_to(len);
-                            let item: Result<WatchResponse> = match decode(&payload, "watch frame") {
+                            let item: Result<WatchResponse> = match decode(&payload, "watch frame")
+                            {
                                 Ok(item) => item,
                                 Err(e) => Err(e),
                             };
@@ -314,13 +364,18 @@ impl Client {
             }
             if last_contact.elapsed() > self.timeout {
                 let _ = out
-                    .send(Err(StoreError::Unavailable("watch: no member reachable".into())))
+                    .send(Err(StoreError::Unavailable(
+                        "watch: no member reachable".into(),
+                    )))
                     .await;
                 return;
             }
-            let _ = self
-                .current
-                .compare_exchange(index, index + 1, Ordering::Relaxed, Ordering::Relaxed);
+            let _ = self.current.compare_exchange(
+                index,
+                index + 1,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }

@@ -33,7 +33,9 @@ pub enum StoreError {
 
     // --- MVCC state ----------------------------------------------------------
     /// The requested revision was removed by compaction.
-    #[error("required revision {requested} has been compacted (compacted revision is {compacted})")]
+    #[error(
+        "required revision {requested} has been compacted (compacted revision is {compacted})"
+    )]
     Compacted {
         /// The revision the caller asked for.
         requested: Revision,

@@ -31,7 +31,12 @@ pub(crate) async fn run_keeper(node: StoreNode) {
         ticker.tick().await;
         if node.leader() != Leader::Local {
             if leading {
-                node.inner.leases.deadlines.lock().expect("lease lock").clear();
+                node.inner
+                    .leases
+                    .deadlines
+                    .lock()
+                    .expect("lease lock")
+                    .clear();
                 leading = false;
             }
             continue;
@@ -69,7 +74,9 @@ pub(crate) async fn run_keeper(node: StoreNode) {
                 tracing::info!(lease = id, "lease expired; revoking");
                 match node.execute(Command::LeaseRevoke(id), false).await {
                     Ok(_) | Err(StoreError::LeaseNotFound(_)) => {}
-                    Err(e) => tracing::warn!(lease = id, error = %e, "revoking expired lease failed"),
+                    Err(e) => {
+                        tracing::warn!(lease = id, error = %e, "revoking expired lease failed")
+                    }
                 }
             });
         }
@@ -87,7 +94,13 @@ pub(crate) async fn keep_alive(node: &StoreNode, id: LeaseId) -> Result<i64> {
                 match node
                     .inner
                     .transport
-                    .call(leader, &addr, PATH_KEEPALIVE, body, node.inner.config.rpc_timeout)
+                    .call(
+                        leader,
+                        &addr,
+                        PATH_KEEPALIVE,
+                        body,
+                        node.inner.config.rpc_timeout,
+                    )
                     .await
                 {
                     Ok(bytes) => match decode::<Result<i64>>(&bytes, "keep-alive answer")? {
@@ -95,7 +108,9 @@ pub(crate) async fn keep_alive(node: &StoreNode, id: LeaseId) -> Result<i64> {
                         other => return other,
                     },
                     Err(e) if Instant::now() >= deadline => {
-                        return Err(StoreError::Unavailable(format!("keep-alive to leader {leader}: {e}")))
+                        return Err(StoreError::Unavailable(format!(
+                            "keep-alive to leader {leader}: {e}"
+                        )))
                     }
                     Err(_) => {}
                 }

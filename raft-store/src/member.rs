@@ -37,11 +37,7 @@ pub async fn start_member(options: &MemberOptions) -> Result<StoreNode> {
         node.initialize().await?;
     }
     if let Some(seed) = &options.join {
-        let already_member = node
-            .status()
-            .voters
-            .iter()
-            .any(|(id, _)| *id == options.id);
+        let already_member = node.status().voters.iter().any(|(id, _)| *id == options.id);
         if !already_member {
             let client = Client::new([seed.clone()]);
             client.add_learner(options.id, node.addr()).await?;

@@ -90,10 +90,9 @@ fn raft_config(config: &NodeConfig) -> Result<Arc<openraft::Config>> {
         max_payload_entries: 64,
         ..Default::default()
     };
-    Ok(Arc::new(
-        raft.validate()
-            .map_err(|e| StoreError::InvalidArgument(format!("raft settings: {e}")))?,
-    ))
+    Ok(Arc::new(raft.validate().map_err(|e| {
+        StoreError::InvalidArgument(format!("raft settings: {e}"))
+    })?))
 }
 
 impl StoreNode {
@@ -104,7 +103,10 @@ impl StoreNode {
 
     /// Starts a member whose messages to other members go through `transport`
     /// (tests wrap the real one in a [`FaultyTransport`](crate::network::FaultyTransport)).
-    pub async fn start_with_transport(config: NodeConfig, transport: Arc<dyn Transport>) -> Result<StoreNode> {
+    pub async fn start_with_transport(
+        config: NodeConfig,
+        transport: Arc<dyn Transport>,
+    ) -> Result<StoreNode> {
         let data_dir = open_data_dir(&config.data_dir)?;
         let db = data_dir.db.clone();
         let hub = WatchHub::new(config.watch_ring_capacity);
@@ -117,7 +119,10 @@ impl StoreNode {
         let bound = listener
             .local_addr()
             .map_err(|e| StoreError::storage("reading the bound address", e))?;
-        let addr = config.advertise_addr.clone().unwrap_or_else(|| bound.to_string());
+        let addr = config
+            .advertise_addr
+            .clone()
+            .unwrap_or_else(|| bound.to_string());
         let raft = Raft::new(
             config.id,
             raft_config(&config)?,
@@ -197,10 +202,19 @@ impl StoreNode {
     /// nothing if the member already belongs to a cluster.
     pub async fn initialize(&self) -> Result<()> {
         let raft = &self.inner.raft;
-        if raft.is_initialized().await.map_err(|e| StoreError::Raft(e.to_string()))? {
+        if raft
+            .is_initialized()
+            .await
+            .map_err(|e| StoreError::Raft(e.to_string()))?
+        {
             return Ok(());
         }
-        let members = BTreeMap::from([(self.id(), BasicNode { addr: self.addr().to_string() })]);
+        let members = BTreeMap::from([(
+            self.id(),
+            BasicNode {
+                addr: self.addr().to_string(),
+            },
+        )]);
         raft.initialize(members)
             .await
             .map_err(|e| StoreError::Raft(format!("initializing cluster: {e}")))?;
@@ -247,22 +261,32 @@ impl StoreNode {
 
     /// Proposes a batch through Raft: locally on the leader, else forwarded
     /// (when `forward`), retrying only while the batch is certainly not applied.
-    pub(crate) async fn submit(&self, commands: Vec<Command>, forward: bool) -> Result<Vec<CommandResult>> {
+    pub(crate) async fn submit(
+        &self,
+        commands: Vec<Command>,
+        forward: bool,
+    ) -> Result<Vec<CommandResult>> {
         let deadline = Instant::now() + self.inner.config.request_timeout;
         let mut backoff = Duration::from_millis(5);
         loop {
             match self.wait_for_leader(deadline).await? {
                 Leader::Local => {
                     let remaining = deadline.saturating_duration_since(Instant::now());
-                    let write = self.inner.raft.client_write(crate::command::Batch(commands.clone()));
+                    let write = self
+                        .inner
+                        .raft
+                        .client_write(crate::command::Batch(commands.clone()));
                     match tokio::time::timeout(remaining, write).await {
                         Ok(Ok(resp)) => return Ok(resp.data.0),
                         Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {}
-                        Ok(Err(RaftError::APIError(e))) => return Err(StoreError::Raft(e.to_string())),
+                        Ok(Err(RaftError::APIError(e))) => {
+                            return Err(StoreError::Raft(e.to_string()))
+                        }
                         Ok(Err(RaftError::Fatal(_))) => return Err(StoreError::Stopped),
                         Err(_) => {
                             return Err(StoreError::Unavailable(
-                                "write not committed in time (no quorum?); it may still be applied".into(),
+                                "write not committed in time (no quorum?); it may still be applied"
+                                    .into(),
                             ))
                         }
                     }
@@ -270,17 +294,26 @@ impl StoreNode {
                 Leader::Remote(id, addr) if forward => {
                     let remaining = deadline.saturating_duration_since(Instant::now());
                     let body = Bytes::from(encode(&commands));
-                    match self.inner.transport.call(id, &addr, PATH_PROPOSE, body, remaining).await {
-                        Ok(bytes) => match decode::<Result<Vec<CommandResult>>>(&bytes, "forwarded write answer")? {
+                    match self
+                        .inner
+                        .transport
+                        .call(id, &addr, PATH_PROPOSE, body, remaining)
+                        .await
+                    {
+                        Ok(bytes) => match decode::<Result<Vec<CommandResult>>>(
+                            &bytes,
+                            "forwarded write answer",
+                        )? {
                             Ok(results) => return Ok(results),
-                            Err(StoreError::NotLeader { .. }) | Err(StoreError::Unavailable(_)) => {}
+                            Err(StoreError::NotLeader { .. }) | Err(StoreError::Unavailable(_)) => {
+                            }
                             Err(e) => return Err(e),
                         },
                         Err(TransportError::Unreachable(_)) => {}
                         Err(e) => {
                             return Err(StoreError::Unavailable(format!(
-                                "leader {id} did not answer ({e}); the write may or may not be applied"
-                            )))
+                            "leader {id} did not answer ({e}); the write may or may not be applied"
+                        )))
                         }
                     }
                 }
@@ -293,7 +326,9 @@ impl StoreNode {
                 Leader::Unknown => {}
             }
             if Instant::now() + backoff >= deadline {
-                return Err(StoreError::Unavailable("no leader accepted the write in time".into()));
+                return Err(StoreError::Unavailable(
+                    "no leader accepted the write in time".into(),
+                ));
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_millis(100));
@@ -327,7 +362,11 @@ impl StoreNode {
     /// The read index from the leader (one round shared by concurrent readers).
     pub(crate) async fn read_index(&self) -> Result<u64> {
         let (reply, answer) = oneshot::channel();
-        self.inner.reads.send(reply).await.map_err(|_| StoreError::Stopped)?;
+        self.inner
+            .reads
+            .send(reply)
+            .await
+            .map_err(|_| StoreError::Stopped)?;
         answer.await.map_err(|_| StoreError::Stopped)?
     }
 
@@ -343,7 +382,11 @@ impl StoreNode {
                         Ok(Ok((read_log_id, _))) => return Ok(read_log_id.map_or(0, |id| id.index)),
                         Ok(Err(RaftError::Fatal(_))) => return Err(StoreError::Stopped),
                         Ok(Err(_)) => {}
-                        Err(_) => return Err(StoreError::Unavailable("leadership not confirmed in time".into())),
+                        Err(_) => {
+                            return Err(StoreError::Unavailable(
+                                "leadership not confirmed in time".into(),
+                            ))
+                        }
                     }
                 }
                 Leader::Remote(id, addr) if forward => {
@@ -351,12 +394,19 @@ impl StoreNode {
                     match self
                         .inner
                         .transport
-                        .call(id, &addr, PATH_READ_INDEX, Bytes::from(encode(&())), remaining)
+                        .call(
+                            id,
+                            &addr,
+                            PATH_READ_INDEX,
+                            Bytes::from(encode(&())),
+                            remaining,
+                        )
                         .await
                     {
                         Ok(bytes) => match decode::<Result<u64>>(&bytes, "read index answer")? {
                             Ok(index) => return Ok(index),
-                            Err(StoreError::NotLeader { .. }) | Err(StoreError::Unavailable(_)) => {}
+                            Err(StoreError::NotLeader { .. }) | Err(StoreError::Unavailable(_)) => {
+                            }
                             Err(e) => return Err(e),
                         },
                         Err(TransportError::Unreachable(_)) | Err(TransportError::Broken(_)) => {}
@@ -372,7 +422,9 @@ impl StoreNode {
                 Leader::Unknown => {}
             }
             if Instant::now() >= deadline {
-                return Err(StoreError::Unavailable("no leader confirmed a read index in time".into()));
+                return Err(StoreError::Unavailable(
+                    "no leader confirmed a read index in time".into(),
+                ));
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -387,14 +439,20 @@ impl StoreNode {
             .wait(Some(self.inner.config.request_timeout))
             .applied_index_at_least(Some(index), "linearizable read")
             .await
-            .map_err(|e| StoreError::Unavailable(format!("waiting to apply read index {index}: {e}")))?;
+            .map_err(|e| {
+                StoreError::Unavailable(format!("waiting to apply read index {index}: {e}"))
+            })?;
         Ok(())
     }
 
     // --- key-value API ---------------------------------------------------------
 
     /// Sets `key` to `value`.
-    pub async fn put(&self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Result<PutResponse> {
+    pub async fn put(
+        &self,
+        key: impl Into<Vec<u8>>,
+        value: impl Into<Vec<u8>>,
+    ) -> Result<PutResponse> {
         self.put_with(PutRequest::new(key, value)).await
     }
 
@@ -456,7 +514,10 @@ impl StoreNode {
                 break id;
             }
         };
-        match self.execute(Command::LeaseGrant { id, ttl_secs }, true).await? {
+        match self
+            .execute(Command::LeaseGrant { id, ttl_secs }, true)
+            .await?
+        {
             CommandResult::LeaseGrant(grant) => Ok(grant),
             other => Err(unexpected(other)),
         }
@@ -505,8 +566,14 @@ impl StoreNode {
             revision: self.inner.hub.revision(),
             compacted: self.inner.mvcc.lock().expect("mvcc lock").compacted,
             applied_index: m.last_applied.map_or(0, |id| id.index),
-            voters: membership.voter_ids().map(|id| (id, addr_of(&id))).collect(),
-            learners: membership.learner_ids().map(|id| (id, addr_of(&id))).collect(),
+            voters: membership
+                .voter_ids()
+                .map(|id| (id, addr_of(&id)))
+                .collect(),
+            learners: membership
+                .learner_ids()
+                .map(|id| (id, addr_of(&id)))
+                .collect(),
         }
     }
 
@@ -540,14 +607,20 @@ impl StoreNode {
                 }
                 Leader::Remote(id, addr) => {
                     let body = Bytes::from(encode(&change));
-                    let timeout = self.inner.config.request_timeout.max(Duration::from_secs(60));
+                    let timeout = self
+                        .inner
+                        .config
+                        .request_timeout
+                        .max(Duration::from_secs(60));
                     match self
                         .inner
                         .transport
                         .call(id, &addr, crate::network::PATH_MEMBERSHIP, body, timeout)
                         .await
                     {
-                        Ok(bytes) => return decode::<Result<MemberStatus>>(&bytes, "membership answer")?,
+                        Ok(bytes) => {
+                            return decode::<Result<MemberStatus>>(&bytes, "membership answer")?
+                        }
                         Err(TransportError::Unreachable(_)) if Instant::now() < deadline => {
                             tokio::time::sleep(Duration::from_millis(20)).await
                         }
@@ -563,7 +636,12 @@ impl StoreNode {
     /// an earlier change is still in progress (joint consensus allows one at
     /// a time).
     async fn change_membership_local(&self, change: MembershipChange) -> Result<()> {
-        let deadline = Instant::now() + self.inner.config.request_timeout.max(Duration::from_secs(30));
+        let deadline = Instant::now()
+            + self
+                .inner
+                .config
+                .request_timeout
+                .max(Duration::from_secs(30));
         loop {
             match self.change_membership_once(change.clone()).await {
                 Err(StoreError::MembershipChangeInProgress) if Instant::now() < deadline => {
@@ -581,16 +659,20 @@ impl StoreNode {
                 leader_id: f.leader_id,
                 leader_addr: f.leader_node.map(|n| n.addr),
             },
-            RaftError::APIError(ClientWriteError::ChangeMembershipError(ChangeMembershipError::InProgress(_))) => {
-                StoreError::MembershipChangeInProgress
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                ChangeMembershipError::InProgress(_),
+            )) => StoreError::MembershipChangeInProgress,
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+                StoreError::Membership(e.to_string())
             }
-            RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => StoreError::Membership(e.to_string()),
             RaftError::Fatal(_) => StoreError::Stopped,
         };
         match change {
             MembershipChange::AddLearner { id, addr } => {
                 tracing::info!(id, %addr, "adding learner");
-                raft.add_learner(id, BasicNode { addr }, true).await.map_err(map_err)?;
+                raft.add_learner(id, BasicNode { addr }, true)
+                    .await
+                    .map_err(map_err)?;
             }
             MembershipChange::Promote(ids) => {
                 tracing::info!(?ids, "promoting to voters");
@@ -619,9 +701,14 @@ impl StoreNode {
                 let remaining: BTreeSet<NodeId> = {
                     let metrics = raft.metrics();
                     let m = metrics.borrow();
-                    m.membership_config.membership().nodes().map(|(id, _)| *id).collect()
+                    m.membership_config
+                        .membership()
+                        .nodes()
+                        .map(|(id, _)| *id)
+                        .collect()
                 };
-                let remove_nodes: BTreeSet<NodeId> = ids.intersection(&remaining).copied().collect();
+                let remove_nodes: BTreeSet<NodeId> =
+                    ids.intersection(&remaining).copied().collect();
                 if !remove_nodes.is_empty() {
                     raft.change_membership(ChangeMembers::RemoveNodes(remove_nodes), false)
                         .await
@@ -634,18 +721,23 @@ impl StoreNode {
 
     /// Adds a learner and waits until it has caught up.
     pub async fn add_learner(&self, id: NodeId, addr: impl Into<String>) -> Result<MemberStatus> {
-        self.change_membership(MembershipChange::AddLearner { id, addr: addr.into() })
-            .await
+        self.change_membership(MembershipChange::AddLearner {
+            id,
+            addr: addr.into(),
+        })
+        .await
     }
 
     /// Makes learners voters.
     pub async fn promote(&self, ids: &[NodeId]) -> Result<MemberStatus> {
-        self.change_membership(MembershipChange::Promote(ids.to_vec())).await
+        self.change_membership(MembershipChange::Promote(ids.to_vec()))
+            .await
     }
 
     /// Removes members.
     pub async fn remove(&self, ids: &[NodeId]) -> Result<MemberStatus> {
-        self.change_membership(MembershipChange::Remove(ids.to_vec())).await
+        self.change_membership(MembershipChange::Remove(ids.to_vec()))
+            .await
     }
 
     /// Stops the member: closes its server and connections, stops Raft and
@@ -653,7 +745,14 @@ impl StoreNode {
     /// this handle is dropped.
     pub async fn shutdown(&self) {
         self.inner.shutdown.send_replace(true);
-        let tasks: Vec<JoinHandle<()>> = self.inner.tasks.lock().expect("tasks lock").drain(..).collect();
+        self.inner.hub.close();
+        let tasks: Vec<JoinHandle<()>> = self
+            .inner
+            .tasks
+            .lock()
+            .expect("tasks lock")
+            .drain(..)
+            .collect();
         for task in &tasks {
             task.abort();
         }

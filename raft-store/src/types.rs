@@ -457,3 +457,38 @@ pub struct MemberStatus {
     /// Learners and their addresses.
     pub learners: Vec<(NodeId, String)>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_end_is_the_first_key_after_every_key_with_the_prefix() {
+        assert_eq!(prefix_end(b"a/"), Some(b"a0".to_vec()));
+        assert_eq!(prefix_end(b"a\xff"), Some(b"b".to_vec()));
+        assert_eq!(prefix_end(b"\xff\xff"), None);
+        assert_eq!(prefix_end(b""), None);
+    }
+
+    #[test]
+    fn ranges_contain_what_they_say() {
+        let prefix = KeyRange::prefix("a/");
+        assert!(prefix.contains(b"a/"));
+        assert!(prefix.contains(b"a/zzz"));
+        assert!(!prefix.contains(b"a0"));
+        assert!(KeyRange::prefix("").contains(b"\xff\xff"));
+        assert!(KeyRange::key("k").contains(b"k"));
+        assert!(!KeyRange::key("k").contains(b"k2"));
+        assert!(!KeyRange::between("b", "d").contains(b"d"));
+    }
+
+    #[test]
+    fn malformed_ranges_are_refused() {
+        assert_eq!(KeyRange::key("").validate(), Err(StoreError::EmptyKey));
+        assert_eq!(
+            KeyRange::between("z", "a").validate(),
+            Err(StoreError::InvertedRange)
+        );
+        assert_eq!(KeyRange::between("a", "a").validate(), Ok(()));
+    }
+}

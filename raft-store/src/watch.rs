@@ -35,6 +35,7 @@ pub struct WatchBatch {
 pub struct WatchHub {
     ring: broadcast::Sender<Arc<WatchBatch>>,
     revision: Arc<watch::Sender<Revision>>,
+    closed: Arc<watch::Sender<bool>>,
 }
 
 /// A stream of watch responses; ends when the member stops or after an error.
@@ -51,10 +52,17 @@ impl WatchHub {
     pub fn new(capacity: usize) -> Self {
         let (ring, _) = broadcast::channel(capacity.max(16));
         let (revision, _) = watch::channel(0);
+        let (closed, _) = watch::channel(false);
         WatchHub {
             ring,
             revision: Arc::new(revision),
+            closed: Arc::new(closed),
         }
+    }
+
+    /// Ends every watch stream (the member is shutting down).
+    pub fn close(&self) {
+        self.closed.send_replace(true);
     }
 
     /// Publishes an applied batch; never blocks.
@@ -122,7 +130,15 @@ enum LiveEnd {
 }
 
 impl Watcher {
-    async fn run(mut self) {
+    async fn run(self) {
+        let mut closed = self.hub.closed.subscribe();
+        tokio::select! {
+            _ = self.follow() => {}
+            _ = closed.wait_for(|closed| *closed) => {}
+        }
+    }
+
+    async fn follow(mut self) {
         loop {
             // Subscribe before replaying, so nothing committed after the
             // replay's snapshot can be missed; duplicates are skipped by revision.
@@ -174,7 +190,16 @@ impl Watcher {
             let complete = read.revisions.len() < REPLAY_CHUNK;
             for (rev, events) in &read.revisions {
                 let events = self.filter(events);
-                if !events.is_empty() && self.out.send(Ok(WatchResponse { revision: *rev, events })).await.is_err() {
+                if !events.is_empty()
+                    && self
+                        .out
+                        .send(Ok(WatchResponse {
+                            revision: *rev,
+                            events,
+                        }))
+                        .await
+                        .is_err()
+                {
                     return Ok(false);
                 }
                 self.next = rev + 1;

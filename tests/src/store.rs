@@ -33,7 +33,10 @@ impl TestCluster {
     }
 
     /// Starts `size` members, letting `tweak` adjust each member's settings.
-    pub async fn start_with(size: u64, tweak: impl Fn(&mut NodeConfig) + Send + Sync + 'static) -> TestCluster {
+    pub async fn start_with(
+        size: u64,
+        tweak: impl Fn(&mut NodeConfig) + Send + Sync + 'static,
+    ) -> TestCluster {
         crate::init_logging();
         let mut cluster = TestCluster {
             faults: FaultRules::new(),
@@ -86,19 +89,24 @@ impl TestCluster {
             self.faults.clone(),
         ));
         // A member just stopped may still hold its data dir for a moment.
-        let node = wait_until(&format!("member {id} to start"), Duration::from_secs(10), || {
-            let config = config.clone();
-            let transport = transport.clone();
-            async move {
-                match StoreNode::start_with_transport(config, transport).await {
-                    Ok(node) => Some(node),
-                    Err(StoreError::DataDirLocked { .. }) => None,
-                    Err(e) => panic!("starting member {id}: {e}"),
+        let node = wait_until(
+            &format!("member {id} to start"),
+            Duration::from_secs(10),
+            || {
+                let config = config.clone();
+                let transport = transport.clone();
+                async move {
+                    match StoreNode::start_with_transport(config, transport).await {
+                        Ok(node) => Some(node),
+                        Err(StoreError::DataDirLocked { .. }) => None,
+                        Err(e) => panic!("starting member {id}: {e}"),
+                    }
                 }
-            }
-        })
+            },
+        )
         .await;
-        self.addrs.insert(id, node.addr().parse().expect("socket address"));
+        self.addrs
+            .insert(id, node.addr().parse().expect("socket address"));
         self.members.insert(id, node.clone());
         node
     }
@@ -140,29 +148,46 @@ impl TestCluster {
 
     /// Waits until the members in `ids` agree on a leader among them.
     pub async fn wait_for_leader_among(&self, ids: &[NodeId]) -> NodeId {
-        wait_until("a leader agreed by all running members", Duration::from_secs(15), || async {
-            let leaders: Vec<Option<NodeId>> = ids.iter().map(|id| self.member(*id).status().leader).collect();
-            match leaders.first() {
-                Some(Some(leader)) if ids.contains(leader) && leaders.iter().all(|l| l == &Some(*leader)) => {
-                    self.member(*leader).is_leader().then_some(*leader)
+        wait_until(
+            "a leader agreed by all running members",
+            Duration::from_secs(15),
+            || async {
+                let leaders: Vec<Option<NodeId>> = ids
+                    .iter()
+                    .map(|id| self.member(*id).status().leader)
+                    .collect();
+                match leaders.first() {
+                    Some(Some(leader))
+                        if ids.contains(leader) && leaders.iter().all(|l| l == &Some(*leader)) =>
+                    {
+                        self.member(*leader).is_leader().then_some(*leader)
+                    }
+                    _ => None,
                 }
-                _ => None,
-            }
-        })
+            },
+        )
         .await
     }
 
     /// Waits until every running member has applied up to the leader's revision.
     pub async fn wait_converged(&self) {
-        wait_until("all running members at the same revision", Duration::from_secs(30), || async {
-            let revisions: Vec<i64> = self.running().iter().map(|id| self.member(*id).status().revision).collect();
-            let leader = self.running().into_iter().find(|id| {
-                let status = self.member(*id).status();
-                status.leader == Some(*id)
-            })?;
-            let target = self.member(leader).status().revision;
-            revisions.iter().all(|r| *r == target).then_some(())
-        })
+        wait_until(
+            "all running members at the same revision",
+            Duration::from_secs(30),
+            || async {
+                let revisions: Vec<i64> = self
+                    .running()
+                    .iter()
+                    .map(|id| self.member(*id).status().revision)
+                    .collect();
+                let leader = self.running().into_iter().find(|id| {
+                    let status = self.member(*id).status();
+                    status.leader == Some(*id)
+                })?;
+                let target = self.member(leader).status().revision;
+                revisions.iter().all(|r| *r == target).then_some(())
+            },
+        )
         .await
     }
 
@@ -197,7 +222,13 @@ impl MemberProcess {
     /// Spawns the `store-member` binary at `binary` (integration tests pass
     /// `env!("CARGO_BIN_EXE_store-member")`); `mode` is `--bootstrap`,
     /// `--join ADDR`, or empty (restart of an existing member).
-    pub fn spawn(binary: &Path, id: NodeId, addr: &str, data_dir: &Path, mode: &[&str]) -> MemberProcess {
+    pub fn spawn(
+        binary: &Path,
+        id: NodeId,
+        addr: &str,
+        data_dir: &Path,
+        mode: &[&str],
+    ) -> MemberProcess {
         let child = Command::new(binary)
             .arg(id.to_string())
             .arg(data_dir)
@@ -227,7 +258,13 @@ impl MemberProcess {
     /// Starts the member again on its data dir and address.
     pub fn restart(&mut self) {
         self.kill9();
-        *self = MemberProcess::spawn(&self.binary.clone(), self.id, &self.addr.clone(), &self.data_dir.clone(), &[]);
+        *self = MemberProcess::spawn(
+            &self.binary.clone(),
+            self.id,
+            &self.addr.clone(),
+            &self.data_dir.clone(),
+            &[],
+        );
     }
 }
 

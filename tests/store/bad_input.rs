@@ -21,7 +21,10 @@ async fn invalid_requests_get_typed_errors_and_write_nothing() {
     // Over the 1.5 MiB limit, in-process and over HTTP (also far over it).
     let big = vec![7u8; 1536 * 1024 + 1];
     let err = node.put("big", big.clone()).await.unwrap_err();
-    assert!(matches!(err, StoreError::RequestTooLarge { limit, .. } if limit == 1536 * 1024), "{err}");
+    assert!(
+        matches!(err, StoreError::RequestTooLarge { limit, .. } if limit == 1536 * 1024),
+        "{err}"
+    );
     let err = client.put("big", big).await.unwrap_err();
     assert!(matches!(err, StoreError::RequestTooLarge { .. }), "{err}");
     let err = client.put("huge", vec![1u8; 8 << 20]).await.unwrap_err();
@@ -36,12 +39,27 @@ async fn invalid_requests_get_typed_errors_and_write_nothing() {
     };
     assert_eq!(client.txn(txn).await.unwrap_err(), StoreError::EmptyKey);
     let inverted = KeyRange::between("z", "a");
-    assert_eq!(client.range(RangeRequest::new(inverted.clone())).await.unwrap_err(), StoreError::InvertedRange);
     assert_eq!(
-        client.delete(DeleteRequest { range: inverted.clone(), prev_kv: false }).await.unwrap_err(),
+        client
+            .range(RangeRequest::new(inverted.clone()))
+            .await
+            .unwrap_err(),
         StoreError::InvertedRange
     );
-    assert!(node.watch(orch_raft_store::WatchRequest::new(inverted)).await.is_err());
+    assert_eq!(
+        client
+            .delete(DeleteRequest {
+                range: inverted.clone(),
+                prev_kv: false
+            })
+            .await
+            .unwrap_err(),
+        StoreError::InvertedRange
+    );
+    assert!(node
+        .watch(orch_raft_store::WatchRequest::new(inverted))
+        .await
+        .is_err());
 
     // Compaction beyond the current revision; reads below the compacted one.
     let err = client.compact(revision + 100).await.unwrap_err();
@@ -50,13 +68,22 @@ async fn invalid_requests_get_typed_errors_and_write_nothing() {
     client.put("k", "v3").await.unwrap();
     let now = node.status().revision;
     client.compact(now - 1).await.unwrap();
-    assert!(matches!(client.compact(now - 1).await.unwrap_err(), StoreError::Compacted { .. }));
+    assert!(matches!(
+        client.compact(now - 1).await.unwrap_err(),
+        StoreError::Compacted { .. }
+    ));
     let mut old = RangeRequest::new(KeyRange::key("k"));
     old.revision = now - 2;
-    assert!(matches!(client.range(old).await.unwrap_err(), StoreError::Compacted { .. }));
+    assert!(matches!(
+        client.range(old).await.unwrap_err(),
+        StoreError::Compacted { .. }
+    ));
     let mut future = RangeRequest::new(KeyRange::key("k"));
     future.revision = now + 10;
-    assert!(matches!(client.range(future).await.unwrap_err(), StoreError::FutureRevision { .. }));
+    assert!(matches!(
+        client.range(future).await.unwrap_err(),
+        StoreError::FutureRevision { .. }
+    ));
     let err = client.lease_grant(0).await.unwrap_err();
     assert!(matches!(err, StoreError::InvalidArgument(_)), "{err}");
 
@@ -77,7 +104,10 @@ fn snapshot_dir(dir: &Path) -> BTreeMap<String, Vec<u8>> {
             if entry.file_type().unwrap().is_dir() {
                 stack.push(entry.path());
             } else {
-                files.insert(entry.path().display().to_string(), std::fs::read(entry.path()).unwrap());
+                files.insert(
+                    entry.path().display().to_string(),
+                    std::fs::read(entry.path()).unwrap(),
+                );
             }
         }
     }
@@ -111,21 +141,33 @@ async fn bad_data_dirs_stop_the_member_with_a_clear_error_and_stay_untouched() {
     std::fs::create_dir_all(&foreign).unwrap();
     std::fs::write(foreign.join("notes.txt"), "someone else's files").unwrap();
     let before = snapshot_dir(&foreign);
-    assert!(matches!(StoreNode::start(config(&foreign)).await, Err(StoreError::UnknownFormat { .. })));
+    assert!(matches!(
+        StoreNode::start(config(&foreign)).await,
+        Err(StoreError::UnknownFormat { .. })
+    ));
     assert_eq!(snapshot_dir(&foreign), before);
     let future = root.path().join("future");
     std::fs::create_dir_all(&future).unwrap();
     std::fs::write(future.join("FORMAT"), "orch-raft-store 99\n").unwrap();
     let before = snapshot_dir(&future);
-    let err = StoreNode::start(config(&future)).await.err().expect("future format refused");
+    let err = StoreNode::start(config(&future))
+        .await
+        .err()
+        .expect("future format refused");
     assert!(matches!(err, StoreError::UnknownFormat { .. }), "{err}");
-    assert!(err.to_string().contains("99"), "the message names the version: {err}");
+    assert!(
+        err.to_string().contains("99"),
+        "the message names the version: {err}"
+    );
     assert_eq!(snapshot_dir(&future), before);
 
     // Corrupt RocksDB files.
     let current = live.join("db").join("CURRENT");
     std::fs::write(&current, b"garbage without newline").unwrap();
-    let err = StoreNode::start(config(&live)).await.err().expect("corrupt dir refused");
+    let err = StoreNode::start(config(&live))
+        .await
+        .err()
+        .expect("corrupt dir refused");
     assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
     assert_eq!(std::fs::read(&current).unwrap(), b"garbage without newline");
 }
@@ -159,13 +201,24 @@ async fn raft_messages_from_non_members_are_rejected() {
     }
     // The high-term vote did not disturb the leader.
     assert_eq!(cluster.wait_for_leader().await, leader);
-    assert_eq!(cluster.member(leader).status().term, cluster.member(leader).status().term);
+    assert_eq!(
+        cluster.member(leader).status().term,
+        cluster.member(leader).status().term
+    );
     // Malformed bodies are refused too.
     let err = transport
-        .post(&target, orch_raft_store::network::PATH_APPEND, bytes::Bytes::from_static(b"\xff\xff"), Duration::from_secs(2))
+        .post(
+            &target,
+            orch_raft_store::network::PATH_APPEND,
+            bytes::Bytes::from_static(b"\xff\xff"),
+            Duration::from_secs(2),
+        )
         .await
         .unwrap_err();
-    assert!(matches!(err, orch_raft_store::network::TransportError::Status { status: 400, .. }));
+    assert!(matches!(
+        err,
+        orch_raft_store::network::TransportError::Status { status: 400, .. }
+    ));
     cluster.client().put("still", "working").await.unwrap();
     cluster.shutdown().await;
 }

@@ -10,7 +10,12 @@ async fn write_many(client: &orch_raft_store::Client, count: usize, concurrency:
     stream::iter(0..count)
         .map(|i| {
             let client = client.clone();
-            async move { client.put(format!("c/{i:06}"), vec![b'x'; 64]).await.unwrap() }
+            async move {
+                client
+                    .put(format!("c/{i:06}"), vec![b'x'; 64])
+                    .await
+                    .unwrap()
+            }
         })
         .buffer_unordered(concurrency)
         .collect::<Vec<_>>()
@@ -21,16 +26,26 @@ async fn down_for_writes_then_rejoin(cluster: &mut TestCluster, concurrency: usi
     let client = cluster.client().with_timeout(Duration::from_secs(30));
     client.put("seed", "v").await.unwrap();
     let leader = cluster.wait_for_leader().await;
-    let lagging = cluster.running().into_iter().find(|id| *id != leader).unwrap();
+    let lagging = cluster
+        .running()
+        .into_iter()
+        .find(|id| *id != leader)
+        .unwrap();
     let last_index = cluster.member(lagging).status().applied_index;
     cluster.stop_member(lagging).await;
     write_many(&client, 10_000, concurrency).await;
     cluster.start_member(lagging).await;
     cluster.wait_converged().await;
     let (state, _) = crate::local_state(&cluster.member(lagging)).await;
-    assert_eq!(state.keys().filter(|k| k.starts_with(b"c/")).count(), 10_000);
+    assert_eq!(
+        state.keys().filter(|k| k.starts_with(b"c/")).count(),
+        10_000
+    );
     let (leader_state, _) = crate::local_state(&cluster.member(leader)).await;
-    assert_eq!(state, leader_state, "the rejoined member holds exactly the leader's data");
+    assert_eq!(
+        state, leader_state,
+        "the rejoined member holds exactly the leader's data"
+    );
     (lagging, last_index)
 }
 
@@ -39,7 +54,10 @@ async fn member_down_for_10000_writes_catches_up_from_the_log() {
     let mut cluster = TestCluster::start(3).await;
     let (lagging, _) = down_for_writes_then_rejoin(&mut cluster, 32).await;
     let metrics = cluster.member(lagging).raft().metrics().borrow().clone();
-    assert!(metrics.snapshot.is_none(), "caught up from the log, without a snapshot");
+    assert!(
+        metrics.snapshot.is_none(),
+        "caught up from the log, without a snapshot"
+    );
     cluster.shutdown().await;
 }
 
@@ -53,12 +71,18 @@ async fn member_down_for_10000_writes_catches_up_through_snapshot_after_log_purg
     let (lagging, last_index) = down_for_writes_then_rejoin(&mut cluster, 8).await;
     let leader = cluster.wait_for_leader().await;
     let leader_metrics = cluster.member(leader).raft().metrics().borrow().clone();
-    let purged = leader_metrics.purged.expect("the leader purged its log").index;
+    let purged = leader_metrics
+        .purged
+        .expect("the leader purged its log")
+        .index;
     assert!(
         purged > last_index,
         "the leader purged past the lagging member's log ({purged} > {last_index}), so only a snapshot could catch it up"
     );
     let metrics = cluster.member(lagging).raft().metrics().borrow().clone();
-    assert!(metrics.snapshot.is_some(), "the lagging member installed a snapshot");
+    assert!(
+        metrics.snapshot.is_some(),
+        "the lagging member installed a snapshot"
+    );
     cluster.shutdown().await;
 }

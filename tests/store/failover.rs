@@ -8,13 +8,16 @@ use std::time::{Duration, Instant};
 use orch_raft_store::Client;
 use orch_tests::store::TestCluster;
 
+/// Keys acknowledged by writers, with the time of each acknowledgement.
+pub type Acked = Arc<Mutex<Vec<(String, Instant)>>>;
+
 /// Writes unique keys until `stop`, recording acknowledged keys and the
 /// time of every acknowledgement.
 pub fn spawn_writers(
     client: Client,
     writers: usize,
     stop: Arc<AtomicBool>,
-) -> (tokio::task::JoinHandle<()>, Arc<Mutex<Vec<(String, Instant)>>>) {
+) -> (tokio::task::JoinHandle<()>, Acked) {
     let acked = Arc::new(Mutex::new(Vec::new()));
     let mut tasks = Vec::new();
     for w in 0..writers {
@@ -44,7 +47,12 @@ pub fn spawn_writers(
 pub fn longest_gap_after(acked: &[(String, Instant)], since: Instant) -> Duration {
     let mut times: Vec<Instant> = acked.iter().map(|(_, t)| *t).collect();
     times.sort();
-    let before = times.iter().rev().find(|t| **t <= since).copied().unwrap_or(since);
+    let before = times
+        .iter()
+        .rev()
+        .find(|t| **t <= since)
+        .copied()
+        .unwrap_or(since);
     let mut gap = Duration::ZERO;
     let mut last = before;
     for t in times.into_iter().filter(|t| *t > since) {
@@ -58,7 +66,11 @@ pub fn longest_gap_after(acked: &[(String, Instant)], since: Instant) -> Duratio
 async fn killed_leader_is_replaced_and_no_acknowledged_write_is_lost() {
     let mut cluster = TestCluster::start(3).await;
     let stop = Arc::new(AtomicBool::new(false));
-    let (writers, acked) = spawn_writers(cluster.client().with_timeout(Duration::from_secs(10)), 8, stop.clone());
+    let (writers, acked) = spawn_writers(
+        cluster.client().with_timeout(Duration::from_secs(10)),
+        8,
+        stop.clone(),
+    );
     tokio::time::sleep(Duration::from_millis(800)).await;
 
     let old_leader = cluster.wait_for_leader().await;
@@ -72,7 +84,10 @@ async fn killed_leader_is_replaced_and_no_acknowledged_write_is_lost() {
 
     let acked = acked.lock().unwrap().clone();
     let after: Vec<_> = acked.iter().filter(|(_, t)| *t > killed_at).collect();
-    assert!(!after.is_empty(), "writes are accepted again after the failover");
+    assert!(
+        !after.is_empty(),
+        "writes are accepted again after the failover"
+    );
     let gap = longest_gap_after(&acked, killed_at);
     println!(
         "leader {old_leader} stopped (tasks aborted, sockets closed): writes unavailable for {:.0} ms; new leader {new_leader}; {} writes acknowledged",
@@ -81,14 +96,20 @@ async fn killed_leader_is_replaced_and_no_acknowledged_write_is_lost() {
     );
     let client = cluster.client();
     for (key, _) in &acked {
-        assert!(client.get(key.clone()).await.unwrap().is_some(), "acknowledged {key} lost");
+        assert!(
+            client.get(key.clone()).await.unwrap().is_some(),
+            "acknowledged {key} lost"
+        );
     }
     // The old leader comes back as a follower and catches up.
     cluster.start_member(old_leader).await;
     cluster.wait_converged().await;
     let (state, _) = crate::local_state(&cluster.member(old_leader)).await;
     for (key, _) in &acked {
-        assert!(state.contains_key(key.as_bytes()), "restarted member lacks {key}");
+        assert!(
+            state.contains_key(key.as_bytes()),
+            "restarted member lacks {key}"
+        );
     }
     cluster.shutdown().await;
 }
@@ -98,7 +119,10 @@ async fn restart_of_all_members_keeps_data_and_revision() {
     let mut cluster = TestCluster::start(3).await;
     let client = cluster.client();
     for i in 0..300 {
-        client.put(format!("r/{:04}", i % 200), format!("v{i}")).await.unwrap();
+        client
+            .put(format!("r/{:04}", i % 200), format!("v{i}"))
+            .await
+            .unwrap();
     }
     client
         .delete(orch_raft_store::DeleteRequest {

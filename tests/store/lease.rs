@@ -23,20 +23,31 @@ async fn expired_lease_deletes_its_keys_on_every_member_and_keepalive_prevents_i
         assert_eq!(client.lease_keep_alive(lease.id).await.unwrap(), 2);
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    assert_eq!(client.range(RangeRequest::new(KeyRange::prefix("leased/"))).await.unwrap().count, 4);
+    assert_eq!(
+        client
+            .range(RangeRequest::new(KeyRange::prefix("leased/")))
+            .await
+            .unwrap()
+            .count,
+        4
+    );
 
     // Without keep-alives, the leader revokes it and every member deletes the keys.
     for id in cluster.running() {
         let node = cluster.member(id);
-        wait_until(&format!("leased keys gone on member {id}"), Duration::from_secs(10), || {
-            let node = node.clone();
-            async move {
-                let mut req = RangeRequest::new(KeyRange::prefix("leased/"));
-                req.serializable = true;
-                let resp = node.range(req).await.unwrap();
-                (resp.count == 1).then_some(())
-            }
-        })
+        wait_until(
+            &format!("leased keys gone on member {id}"),
+            Duration::from_secs(10),
+            || {
+                let node = node.clone();
+                async move {
+                    let mut req = RangeRequest::new(KeyRange::prefix("leased/"));
+                    req.serializable = true;
+                    let resp = node.range(req).await.unwrap();
+                    (resp.count == 1).then_some(())
+                }
+            },
+        )
         .await;
     }
     assert!(client.get("leased/unattached").await.unwrap().is_some());
@@ -54,6 +65,9 @@ async fn expired_lease_deletes_its_keys_on_every_member_and_keepalive_prevents_i
     assert!(client.get("leased/r").await.unwrap().is_none());
     let mut put = PutRequest::new("leased/bad", "x");
     put.lease = lease.id;
-    assert!(matches!(client.put_with(put).await, Err(StoreError::LeaseNotFound(_))));
+    assert!(matches!(
+        client.put_with(put).await,
+        Err(StoreError::LeaseNotFound(_))
+    ));
     cluster.shutdown().await;
 }

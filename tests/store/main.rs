@@ -18,9 +18,17 @@ use orch_raft_store::{KeyRange, RangeRequest, Revision, StoreNode};
 
 /// Every key of a member's local state with its metadata, and the member's
 /// revision (serializable read: what this member itself holds).
-pub async fn local_state(node: &StoreNode) -> (BTreeMap<Vec<u8>, orch_raft_store::KeyValue>, Revision) {
+pub async fn local_state(
+    node: &StoreNode,
+) -> (BTreeMap<Vec<u8>, orch_raft_store::KeyValue>, Revision) {
     let mut req = RangeRequest::new(KeyRange::prefix(Vec::new()));
     req.serializable = true;
     let resp = node.range(req).await.expect("local range");
-    (resp.kvs.into_iter().map(|kv| (kv.key.clone(), kv)).collect(), resp.revision)
+    (
+        resp.kvs
+            .into_iter()
+            .map(|kv| (kv.key.clone(), kv))
+            .collect(),
+        resp.revision,
+    )
 }

@@ -14,13 +14,20 @@ async fn partitioned_minority_cannot_commit_and_its_stale_leader_steps_down_afte
     .await;
     cluster.client().put("before", "v").await.unwrap();
     let old_leader = cluster.wait_for_leader().await;
-    let majority: Vec<u64> = cluster.running().into_iter().filter(|id| *id != old_leader).collect();
+    let majority: Vec<u64> = cluster
+        .running()
+        .into_iter()
+        .filter(|id| *id != old_leader)
+        .collect();
     cluster.faults.isolate(old_leader, &majority);
 
     // The isolated leader cannot commit.
     let stale = cluster.member(old_leader);
     let err = stale.put("minority/write", "lost").await.unwrap_err();
-    assert!(matches!(err, StoreError::Unavailable(_)), "minority write: {err}");
+    assert!(
+        matches!(err, StoreError::Unavailable(_)),
+        "minority write: {err}"
+    );
 
     // The majority elects a leader and keeps committing.
     let new_leader = cluster.wait_for_leader_among(&majority).await;
@@ -28,25 +35,39 @@ async fn partitioned_minority_cannot_commit_and_its_stale_leader_steps_down_afte
     let mut acked = Vec::new();
     for i in 0..50 {
         let key = format!("majority/{i}");
-        cluster.member(new_leader).put(key.clone(), "v").await.unwrap();
+        cluster
+            .member(new_leader)
+            .put(key.clone(), "v")
+            .await
+            .unwrap();
         acked.push(key);
     }
 
     // Healing: the stale leader learns the higher term and follows.
     cluster.faults.heal();
-    wait_until("the stale leader to step down", Duration::from_secs(10), || async {
-        let status = stale.status();
-        (!stale.is_leader() && status.leader == Some(new_leader)).then_some(())
-    })
+    wait_until(
+        "the stale leader to step down",
+        Duration::from_secs(10),
+        || async {
+            let status = stale.status();
+            (!stale.is_leader() && status.leader == Some(new_leader)).then_some(())
+        },
+    )
     .await;
     cluster.wait_converged().await;
     for id in cluster.running() {
         let (state, _) = crate::local_state(&cluster.member(id)).await;
         for key in &acked {
-            assert!(state.contains_key(key.as_bytes()), "member {id} lacks {key}");
+            assert!(
+                state.contains_key(key.as_bytes()),
+                "member {id} lacks {key}"
+            );
         }
         assert!(state.contains_key(&b"before"[..]));
-        assert!(!state.contains_key(&b"minority/write"[..]), "member {id} has the uncommitted minority write");
+        assert!(
+            !state.contains_key(&b"minority/write"[..]),
+            "member {id} has the uncommitted minority write"
+        );
     }
     cluster.shutdown().await;
 }
@@ -66,7 +87,11 @@ async fn writes_commit_through_delays_and_dropped_messages() {
         }
     }
     cluster.faults.heal();
-    assert!(acked.len() >= 90, "most writes commit despite 5% loss: {}", acked.len());
+    assert!(
+        acked.len() >= 90,
+        "most writes commit despite 5% loss: {}",
+        acked.len()
+    );
     cluster.wait_converged().await;
     for key in &acked {
         assert!(client.get(key.clone()).await.unwrap().is_some());

@@ -9,10 +9,16 @@ async fn snapshot_of_a_live_cluster_restores_with_identical_keys_and_revisions()
     let mut cluster = TestCluster::start(3).await;
     let client = cluster.client();
     for i in 0..500 {
-        client.put(format!("s/{:04}", i % 300), format!("v{i}")).await.unwrap();
+        client
+            .put(format!("s/{:04}", i % 300), format!("v{i}"))
+            .await
+            .unwrap();
     }
     client
-        .delete(orch_raft_store::DeleteRequest { range: KeyRange::between("s/0100", "s/0120"), prev_kv: false })
+        .delete(orch_raft_store::DeleteRequest {
+            range: KeyRange::between("s/0100", "s/0120"),
+            prev_kv: false,
+        })
         .await
         .unwrap();
     let lease = client.lease_grant(3600).await.unwrap();
@@ -35,17 +41,35 @@ async fn snapshot_of_a_live_cluster_restores_with_identical_keys_and_revisions()
     // What the snapshot must hold: the cluster's state at the revision it records.
     let restored_dir = cluster.root().join("restored");
     restore_snapshot(&file, &restored_dir).unwrap();
-    let restored = StoreNode::start(NodeConfig::new(9, &restored_dir, "127.0.0.1:0".parse().unwrap()))
-        .await
-        .unwrap();
+    let restored = StoreNode::start(NodeConfig::new(
+        9,
+        &restored_dir,
+        "127.0.0.1:0".parse().unwrap(),
+    ))
+    .await
+    .unwrap();
     let (restored_state, restored_revision) = crate::local_state(&restored).await;
     let mut at = orch_raft_store::RangeRequest::new(KeyRange::prefix(Vec::new()));
     at.revision = restored_revision;
     let original = client.range(at).await.unwrap();
-    let original: std::collections::BTreeMap<_, _> = original.kvs.into_iter().map(|kv| (kv.key.clone(), kv)).collect();
-    assert!(restored_revision >= 500, "snapshot taken after the acknowledged writes");
-    assert_eq!(restored_state, original, "same keys, values, revisions and versions");
-    assert_eq!(restored.status().voters.len(), 1, "restored as a single-member cluster");
+    let original: std::collections::BTreeMap<_, _> = original
+        .kvs
+        .into_iter()
+        .map(|kv| (kv.key.clone(), kv))
+        .collect();
+    assert!(
+        restored_revision >= 500,
+        "snapshot taken after the acknowledged writes"
+    );
+    assert_eq!(
+        restored_state, original,
+        "same keys, values, revisions and versions"
+    );
+    assert_eq!(
+        restored.status().voters.len(),
+        1,
+        "restored as a single-member cluster"
+    );
 
     // History survives: a watch from revision 1 replays every revision.
     let mut req = WatchRequest::new(KeyRange::prefix("s/"));
@@ -67,7 +91,13 @@ async fn snapshot_of_a_live_cluster_restores_with_identical_keys_and_revisions()
     let damaged = cluster.root().join("damaged.db");
     std::fs::write(&damaged, bytes).unwrap();
     let err = restore_snapshot(&damaged, &cluster.root().join("never")).unwrap_err();
-    assert!(matches!(err, orch_raft_store::StoreError::Corrupt { .. }), "{err}");
-    assert!(!cluster.root().join("never").exists(), "nothing written for a damaged snapshot");
+    assert!(
+        matches!(err, orch_raft_store::StoreError::Corrupt { .. }),
+        "{err}"
+    );
+    assert!(
+        !cluster.root().join("never").exists(),
+        "nothing written for a damaged snapshot"
+    );
     cluster.shutdown().await;
 }

@@ -18,7 +18,10 @@ async fn compare_and_swap_has_exactly_one_winner_per_round_among_16_writers() {
     const WRITERS: usize = 16;
     for round in 0..ROUNDS {
         let current = client.get("counter").await.unwrap().unwrap();
-        let value: u64 = String::from_utf8(current.value.clone()).unwrap().parse().unwrap();
+        let value: u64 = String::from_utf8(current.value.clone())
+            .unwrap()
+            .parse()
+            .unwrap();
         let barrier = Arc::new(Barrier::new(WRITERS));
         let mut tasks = Vec::new();
         for writer in 0..WRITERS {
@@ -29,8 +32,15 @@ async fn compare_and_swap_has_exactly_one_winner_per_round_among_16_writers() {
             let mod_revision = current.mod_revision;
             tasks.push(tokio::spawn(async move {
                 let txn = TxnRequest {
-                    compare: vec![Compare::mod_revision("counter", CompareOp::Equal, mod_revision)],
-                    success: vec![TxnOp::Put(PutRequest::new("counter", (value + 1).to_string()))],
+                    compare: vec![Compare::mod_revision(
+                        "counter",
+                        CompareOp::Equal,
+                        mod_revision,
+                    )],
+                    success: vec![TxnOp::Put(PutRequest::new(
+                        "counter",
+                        (value + 1).to_string(),
+                    ))],
                     failure: vec![],
                 };
                 barrier.wait().await;
@@ -68,13 +78,20 @@ async fn txn_branches_apply_atomically_under_one_revision() {
             failure: vec![
                 TxnOp::Range(RangeRequest::new(KeyRange::prefix("t/"))),
                 TxnOp::Put(PutRequest::new("t/c", "3")),
-                TxnOp::Delete(DeleteRequest { range: KeyRange::key("t/a"), prev_kv: true }),
+                TxnOp::Delete(DeleteRequest {
+                    range: KeyRange::key("t/a"),
+                    prev_kv: true,
+                }),
             ],
         })
         .await
         .unwrap();
     assert!(!resp.succeeded);
-    assert_eq!(resp.revision, before + 1, "all writes of a txn share one revision");
+    assert_eq!(
+        resp.revision,
+        before + 1,
+        "all writes of a txn share one revision"
+    );
     match &resp.responses[0] {
         TxnOpResponse::Range(range) => assert_eq!(range.count, 2),
         other => panic!("expected a range response, got {other:?}"),
@@ -105,12 +122,18 @@ async fn txn_branches_apply_atomically_under_one_revision() {
     let err = node
         .txn(TxnRequest {
             compare: vec![],
-            success: vec![TxnOp::Put(PutRequest::new("t/first", "x")), TxnOp::Put(leased)],
+            success: vec![
+                TxnOp::Put(PutRequest::new("t/first", "x")),
+                TxnOp::Put(leased),
+            ],
             failure: vec![],
         })
         .await
         .unwrap_err();
-    assert!(matches!(err, orch_raft_store::StoreError::LeaseNotFound(424242)), "{err}");
+    assert!(
+        matches!(err, orch_raft_store::StoreError::LeaseNotFound(424242)),
+        "{err}"
+    );
     assert!(node.get("t/first").await.unwrap().is_none());
     assert_eq!(node.status().revision, revision);
     cluster.shutdown().await;

@@ -42,13 +42,20 @@ async fn watch_replays_history_from_a_revision_then_follows_live_with_prev_value
     let client = cluster.client();
     let mut start = 0;
     for i in 0..100 {
-        let resp = client.put(format!("w/{}", i % 10), format!("v{i}")).await.unwrap();
+        let resp = client
+            .put(format!("w/{}", i % 10), format!("v{i}"))
+            .await
+            .unwrap();
         if i == 49 {
             start = resp.revision;
         }
     }
     client.put("other/x", "not watched").await.unwrap();
-    let follower = cluster.running().into_iter().find(|id| !cluster.member(*id).is_leader()).unwrap();
+    let follower = cluster
+        .running()
+        .into_iter()
+        .find(|id| !cluster.member(*id).is_leader())
+        .unwrap();
     let mut req = WatchRequest::new(KeyRange::prefix("w/"));
     req.start_revision = start;
     req.prev_kv = true;
@@ -56,7 +63,10 @@ async fn watch_replays_history_from_a_revision_then_follows_live_with_prev_value
     let replayed = collect(&mut stream, 51).await;
     assert_contiguous(&replayed, start);
     for i in 100..150 {
-        client.put(format!("w/{}", i % 10), format!("v{i}")).await.unwrap();
+        client
+            .put(format!("w/{}", i % 10), format!("v{i}"))
+            .await
+            .unwrap();
     }
     let live = tokio::time::timeout(Duration::from_secs(20), async {
         let mut events = Vec::new();
@@ -87,7 +97,11 @@ async fn watch_continues_exactly_across_leader_change_and_restart_of_its_member(
     let start = writer.put("unwatched", "x").await.unwrap().revision + 1;
 
     let leader = cluster.wait_for_leader().await;
-    let watched = cluster.running().into_iter().find(|id| *id != leader).unwrap();
+    let watched = cluster
+        .running()
+        .into_iter()
+        .find(|id| *id != leader)
+        .unwrap();
     // The watching client talks to `watched` first and fails over to the others.
     let first = cluster.member(watched).addr().to_string();
     let mut endpoints = vec![first.clone()];
@@ -123,7 +137,10 @@ async fn watch_continues_exactly_across_leader_change_and_restart_of_its_member(
 
     let events = collect(&mut stream, 400).await;
     assert_contiguous(&events, start);
-    let keys: Vec<String> = events.iter().map(|(_, k, _)| String::from_utf8(k.clone()).unwrap()).collect();
+    let keys: Vec<String> = events
+        .iter()
+        .map(|(_, k, _)| String::from_utf8(k.clone()).unwrap())
+        .collect();
     let expected: Vec<String> = (0..400).map(|i| format!("ev/{i:05}")).collect();
     assert_eq!(keys, expected, "every write seen once, in order");
     cluster.shutdown().await;
@@ -140,15 +157,25 @@ async fn idle_watch_gets_progress_notifications_and_compacted_start_is_refused()
     let mut req = WatchRequest::new(KeyRange::prefix("p/"));
     req.progress_notify_ms = 200;
     let mut stream = node.watch(req).await.unwrap();
-    let resp = tokio::time::timeout(Duration::from_secs(5), stream.next()).await.unwrap().unwrap().unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert!(resp.is_progress_notify());
-    assert_eq!(resp.revision, current, "a bookmark carries the revision seen so far");
+    assert_eq!(
+        resp.revision, current,
+        "a bookmark carries the revision seen so far"
+    );
 
     node.compact(current - 3).await.unwrap();
     let mut old = WatchRequest::new(KeyRange::prefix("p/"));
     old.start_revision = current - 5;
     match node.watch(old.clone()).await {
-        Err(StoreError::Compacted { requested, compacted }) => {
+        Err(StoreError::Compacted {
+            requested,
+            compacted,
+        }) => {
             assert_eq!((requested, compacted), (current - 5, current - 3))
         }
         Err(other) => panic!("expected Compacted, got {other}"),

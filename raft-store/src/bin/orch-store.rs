@@ -10,7 +10,10 @@ use orch_raft_store::member::{run_member, MemberOptions};
 use orch_raft_store::{restore_snapshot, Client, KeyRange, NodeConfig, StoreNode, WatchRequest};
 
 #[derive(Parser)]
-#[command(name = "orch-store", about = "orch's replicated, watchable key-value store")]
+#[command(
+    name = "orch-store",
+    about = "orch's replicated, watchable key-value store"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -137,13 +140,19 @@ async fn demo() -> Result<(), Box<dyn std::error::Error>> {
     let status = members[0].status();
     println!(
         "cluster up: voters {:?}, leader {:?}",
-        status.voters,
-        status.leader
+        status.voters, status.leader
     );
-    let mut watch = members[2].watch(WatchRequest::new(KeyRange::prefix("demo/"))).await?;
+    let mut watch = members[2]
+        .watch(WatchRequest::new(KeyRange::prefix("demo/")))
+        .await?;
     for i in 1..=5 {
-        let resp = members[1].put(format!("demo/key-{i}"), format!("value-{i}")).await?;
-        println!("put demo/key-{i} through member 2 -> revision {}", resp.revision);
+        let resp = members[1]
+            .put(format!("demo/key-{i}"), format!("value-{i}"))
+            .await?;
+        println!(
+            "put demo/key-{i} through member 2 -> revision {}",
+            resp.revision
+        );
     }
     let mut seen = 0;
     while seen < 5 {

@@ -39,7 +39,13 @@ impl HttpTransport {
     }
 
     /// Posts a body and returns the full answer body.
-    pub async fn post(&self, addr: &str, path: &str, body: Bytes, timeout: Duration) -> Result<Bytes, TransportError> {
+    pub async fn post(
+        &self,
+        addr: &str,
+        path: &str,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<Bytes, TransportError> {
         let uri = format!("http://{addr}{path}");
         let request = hyper::Request::post(&uri)
             .header("content-type", "application/octet-stream")

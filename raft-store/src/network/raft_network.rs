@@ -3,7 +3,9 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
@@ -81,11 +83,13 @@ impl PeerClient {
             .await;
         let bytes = match answer {
             Ok(bytes) => bytes,
-            Err(e @ TransportError::Unreachable(_)) => return Err(RPCError::Unreachable(Unreachable::new(&e))),
+            Err(e @ TransportError::Unreachable(_)) => {
+                return Err(RPCError::Unreachable(Unreachable::new(&e)))
+            }
             Err(e) => return Err(RPCError::Network(NetworkError::new(&e))),
         };
-        let result: Result<Resp, RaftError<NodeId, E>> =
-            decode(&bytes, "raft rpc answer").map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let result: Result<Resp, RaftError<NodeId, E>> = decode(&bytes, "raft rpc answer")
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
@@ -103,8 +107,10 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         &mut self,
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>>
-    {
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
         self.rpc(PATH_SNAPSHOT, rpc, &option).await
     }
 

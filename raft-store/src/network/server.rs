@@ -104,9 +104,15 @@ async fn handle(node: StoreNode, req: Request<Incoming>) -> Response<Body> {
             Ok(body) => body.to_bytes(),
             Err(e) => {
                 return if e.is::<http_body_util::LengthLimitError>() {
-                    text(StatusCode::PAYLOAD_TOO_LARGE, format!("request body over {limit} bytes"))
+                    text(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("request body over {limit} bytes"),
+                    )
                 } else {
-                    text(StatusCode::BAD_REQUEST, format!("reading request body: {e}"))
+                    text(
+                        StatusCode::BAD_REQUEST,
+                        format!("reading request body: {e}"),
+                    )
                 };
             }
         };
@@ -116,8 +122,13 @@ async fn handle(node: StoreNode, req: Request<Incoming>) -> Response<Body> {
     .await
 }
 
-fn decode_request<T: DeserializeOwned>(body: &[u8]) -> std::result::Result<T, Response<Body>> {
-    decode(body, "request").map_err(|e| text(StatusCode::BAD_REQUEST, format!("malformed request: {e}")))
+fn decode_request<T: DeserializeOwned>(body: &[u8]) -> std::result::Result<T, Box<Response<Body>>> {
+    decode(body, "request").map_err(|e| {
+        Box::new(text(
+            StatusCode::BAD_REQUEST,
+            format!("malformed request: {e}"),
+        ))
+    })
 }
 
 /// Refuses Raft messages from members outside this member's configuration
@@ -137,7 +148,7 @@ macro_rules! raft_rpc {
     ($node:expr, $body:expr, $method:ident) => {{
         let envelope: Envelope<_> = match decode_request(&$body) {
             Ok(envelope) => envelope,
-            Err(response) => return response,
+            Err(response) => return *response,
         };
         if let Err(e) = check_sender($node, envelope.from) {
             tracing::warn!(from = envelope.from, "{e}");
@@ -155,7 +166,7 @@ async fn route(node: &StoreNode, path: &str, body: Bytes) -> Response<Body> {
         PATH_PROPOSE => {
             let commands: Vec<Command> = match decode_request(&body) {
                 Ok(c) => c,
-                Err(response) => return response,
+                Err(response) => return *response,
             };
             let result: Result<Vec<CommandResult>> = if node.leader() == Leader::Local {
                 node.submit(commands, false).await
@@ -170,7 +181,7 @@ async fn route(node: &StoreNode, path: &str, body: Bytes) -> Response<Body> {
         PATH_COMMAND => {
             let command: Command = match decode_request(&body) {
                 Ok(c) => c,
-                Err(response) => return response,
+                Err(response) => return *response,
             };
             answer(&node.execute(command, true).await)
         }
@@ -188,7 +199,7 @@ async fn route(node: &StoreNode, path: &str, body: Bytes) -> Response<Body> {
         PATH_RANGE => {
             let req: RangeRequest = match decode_request(&body) {
                 Ok(r) => r,
-                Err(response) => return response,
+                Err(response) => return *response,
             };
             let result: Result<RangeResponse> = node.range(req).await;
             answer(&result)
@@ -196,7 +207,7 @@ async fn route(node: &StoreNode, path: &str, body: Bytes) -> Response<Body> {
         PATH_KEEPALIVE => {
             let id: LeaseId = match decode_request(&body) {
                 Ok(id) => id,
-                Err(response) => return response,
+                Err(response) => return *response,
             };
             answer(&node.lease_keep_alive(id).await)
         }
@@ -204,7 +215,7 @@ async fn route(node: &StoreNode, path: &str, body: Bytes) -> Response<Body> {
         PATH_MEMBERSHIP => {
             let change: MembershipChange = match decode_request(&body) {
                 Ok(c) => c,
-                Err(response) => return response,
+                Err(response) => return *response,
             };
             answer(&node.change_membership(change).await)
         }
@@ -212,7 +223,7 @@ async fn route(node: &StoreNode, path: &str, body: Bytes) -> Response<Body> {
         PATH_WATCH => {
             let req: WatchRequest = match decode_request(&body) {
                 Ok(r) => r,
-                Err(response) => return response,
+                Err(response) => return *response,
             };
             watch_response(node, req).await
         }

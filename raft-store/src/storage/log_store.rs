@@ -2,6 +2,10 @@
 //! families). Appends are fsynced before openraft is told they are durable,
 //! unless the member runs with `fsync = false` (benchmarks only).
 
+// openraft's `StorageError` is the error type its storage traits require;
+// it is large, and boxing it is not ours to choose.
+#![allow(clippy::result_large_err)]
+
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
@@ -58,7 +62,12 @@ impl LogStore {
             .transpose()
     }
 
-    fn put_meta<T: Serialize>(&self, key: &[u8], value: &T, sync: bool) -> Result<(), StorageError<NodeId>> {
+    fn put_meta<T: Serialize>(
+        &self,
+        key: &[u8],
+        value: &T,
+        sync: bool,
+    ) -> Result<(), StorageError<NodeId>> {
         let mut opts = WriteOptions::default();
         opts.set_sync(sync && self.fsync);
         self.db
@@ -133,17 +142,26 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.get_meta(KEY_VOTE)
     }
 
-    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), StorageError<NodeId>> {
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogId<NodeId>>,
+    ) -> Result<(), StorageError<NodeId>> {
         // Not synced: losing it only makes a restarted member wait for the
         // leader to tell it again what is committed.
         self.put_meta(KEY_COMMITTED, &committed, false)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
-        Ok(self.get_meta::<Option<LogId<NodeId>>>(KEY_COMMITTED)?.flatten())
+        Ok(self
+            .get_meta::<Option<LogId<NodeId>>>(KEY_COMMITTED)?
+            .flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError<NodeId>>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError<NodeId>>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -169,8 +187,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         tracing::debug!(%log_id, "truncating log");
         let mut batch = WriteBatch::default();
-        batch.delete_range_cf(cf(&self.db, CF_LOG), u64_key(log_id.index), u64_key(u64::MAX));
-        self.db.write_opt(batch, &self.write_options()).map_err(write_err)
+        batch.delete_range_cf(
+            cf(&self.db, CF_LOG),
+            u64_key(log_id.index),
+            u64_key(u64::MAX),
+        );
+        self.db
+            .write_opt(batch, &self.write_options())
+            .map_err(write_err)
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
@@ -178,6 +202,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut batch = WriteBatch::default();
         batch.put_cf(cf(&self.db, CF_RAFT_META), KEY_PURGED, encode(&log_id));
         batch.delete_range_cf(cf(&self.db, CF_LOG), u64_key(0), u64_key(log_id.index + 1));
-        self.db.write_opt(batch, &self.write_options()).map_err(write_err)
+        self.db
+            .write_opt(batch, &self.write_options())
+            .map_err(write_err)
     }
 }

@@ -75,7 +75,8 @@ pub fn open_data_dir(path: &Path) -> Result<DataDir, StoreError> {
     let display = path.display().to_string();
     let is_new = check_format(path)?;
     if is_new {
-        fs::create_dir_all(path).map_err(|e| StoreError::storage(format!("creating {display}"), e))?;
+        fs::create_dir_all(path)
+            .map_err(|e| StoreError::storage(format!("creating {display}"), e))?;
     }
     let lock = lock_dir(path)?;
     if is_new {
@@ -124,7 +125,10 @@ fn check_format(path: &Path) -> Result<bool, StoreError> {
                 })
             }
         }
-        Err(e) => Err(StoreError::storage(format!("reading {}", format_path.display()), e)),
+        Err(e) => Err(StoreError::storage(
+            format!("reading {}", format_path.display()),
+            e,
+        )),
     }
 }
 
@@ -158,7 +162,14 @@ fn open_db(path: &Path, create: bool) -> Result<DB, StoreError> {
     });
     DB::open_cf_descriptors(&opts, path, cfs).map_err(|e| {
         let msg = e.to_string();
-        if msg.contains("Corruption") || msg.contains("does not exist") || msg.contains("Invalid argument") {
+        if msg.contains("lock") {
+            StoreError::DataDirLocked {
+                path: path.display().to_string(),
+            }
+        } else if msg.contains("Corruption")
+            || msg.contains("does not exist")
+            || msg.contains("Invalid argument")
+        {
             StoreError::corrupt(format!("opening RocksDB at {}", path.display()), msg)
         } else {
             StoreError::storage(format!("opening RocksDB at {}", path.display()), msg)

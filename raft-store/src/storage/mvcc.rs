@@ -113,8 +113,10 @@ impl<'a> Applier<'a> {
     /// it produced (in revision order).
     pub fn finish(mut self) -> (WriteBatch, Vec<Event>) {
         let meta = cf(self.db, CF_RAFT_META);
-        self.batch.put_cf(meta, KEY_REVISION, encode(&self.state.revision));
-        self.batch.put_cf(meta, KEY_COMPACTED, encode(&self.state.compacted));
+        self.batch
+            .put_cf(meta, KEY_REVISION, encode(&self.state.revision));
+        self.batch
+            .put_cf(meta, KEY_COMPACTED, encode(&self.state.compacted));
         (self.batch, self.events)
     }
 
@@ -159,7 +161,9 @@ impl<'a> Applier<'a> {
             }
             Command::LeaseGrant { id, ttl_secs } => {
                 if *id <= 0 {
-                    return Err(StoreError::InvalidArgument("lease id must be positive".into()));
+                    return Err(StoreError::InvalidArgument(
+                        "lease id must be positive".into(),
+                    ));
                 }
                 if self.state.leases.contains_key(id) {
                     return Err(StoreError::LeaseExists(*id));
@@ -352,7 +356,9 @@ impl<'a> Applier<'a> {
             (CompareTarget::CreateRevision(r), kv) => {
                 kv.as_ref().map_or(0, |kv| kv.create_revision).cmp(r)
             }
-            (CompareTarget::ModRevision(r), kv) => kv.as_ref().map_or(0, |kv| kv.mod_revision).cmp(r),
+            (CompareTarget::ModRevision(r), kv) => {
+                kv.as_ref().map_or(0, |kv| kv.mod_revision).cmp(r)
+            }
             (CompareTarget::Lease(l), kv) => kv.as_ref().map_or(0, |kv| kv.lease).cmp(l),
         };
         Ok(match compare.op {
@@ -371,7 +377,11 @@ impl<'a> Applier<'a> {
                 break;
             }
         }
-        let ops = if succeeded { &txn.success } else { &txn.failure };
+        let ops = if succeeded {
+            &txn.success
+        } else {
+            &txn.failure
+        };
         // Check everything that could refuse the txn before changing anything,
         // so a refused txn leaves no partial writes.
         for op in ops {
@@ -566,7 +576,10 @@ pub fn read_range(db: &DB, req: &RangeRequest) -> Result<RangeResponse> {
         // Undo every change made after the wanted revision.
         for item in snap.iterator_cf(
             cf(db, CF_HISTORY),
-            IteratorMode::From(&history_key(req.revision + 1, 0), rocksdb::Direction::Forward),
+            IteratorMode::From(
+                &history_key(req.revision + 1, 0),
+                rocksdb::Direction::Forward,
+            ),
         ) {
             let (_, value) = item.map_err(|e| StoreError::storage("reading history", e))?;
             let event: Event = decode(&value, "history event")?;
@@ -578,7 +591,11 @@ pub fn read_range(db: &DB, req: &RangeRequest) -> Result<RangeResponse> {
     let mut iter = range_iter(db, Some(&snap), &req.range);
     let mut kvs = Vec::new();
     let mut count = 0u64;
-    let limit = if req.limit == 0 { usize::MAX } else { req.limit };
+    let limit = if req.limit == 0 {
+        usize::MAX
+    } else {
+        req.limit
+    };
     merge_range(&mut iter, &req.range, &overrides, |mut kv| {
         count += 1;
         if !req.count_only && kvs.len() < limit {

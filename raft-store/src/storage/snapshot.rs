@@ -107,7 +107,11 @@ pub fn load(db: &DB, dump: &StateDump) -> Result<()> {
             last_rev = event.kv.mod_revision;
             index = 0;
         }
-        batch.put_cf(cf(db, CF_HISTORY), history_key(last_rev, index), encode(event));
+        batch.put_cf(
+            cf(db, CF_HISTORY),
+            history_key(last_rev, index),
+            encode(event),
+        );
         index += 1;
     }
     let meta = cf(db, CF_RAFT_META);
@@ -183,4 +187,55 @@ pub fn read_file(path: &Path) -> Result<StateDump> {
         .and_then(|mut f| f.read_to_end(&mut bytes))
         .map_err(|e| StoreError::storage(format!("reading snapshot {}", path.display()), e))?;
     decode_framed(&bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> StateDump {
+        StateDump {
+            revision: 7,
+            compacted: 2,
+            kvs: vec![KeyValue {
+                key: b"k".to_vec(),
+                value: b"v".to_vec(),
+                create_revision: 3,
+                mod_revision: 7,
+                version: 2,
+                lease: 0,
+            }],
+            ..StateDump::default()
+        }
+    }
+
+    #[test]
+    fn framed_snapshot_round_trips() {
+        let bytes = encode_framed(&sample());
+        assert_eq!(decode_framed(&bytes).unwrap(), sample());
+    }
+
+    #[test]
+    fn damaged_snapshots_are_refused_not_misread() {
+        let bytes = encode_framed(&sample());
+        let mut flipped = bytes.clone();
+        let last = flipped.len() - 6;
+        flipped[last] ^= 1;
+        assert!(matches!(
+            decode_framed(&flipped),
+            Err(StoreError::Corrupt { .. })
+        ));
+        assert!(matches!(
+            decode_framed(&bytes[..bytes.len() - 1]),
+            Err(StoreError::Corrupt { .. })
+        ));
+        assert!(matches!(
+            decode_framed(b"not a snapshot at all, really"),
+            Err(StoreError::Corrupt { .. })
+        ));
+        let mut future = bytes.clone();
+        future[11] = 9;
+        let err = decode_framed(&future).unwrap_err();
+        assert!(err.to_string().contains("version 9"), "{err}");
+    }
 }

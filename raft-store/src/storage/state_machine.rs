@@ -6,6 +6,10 @@
 //! the same WriteBatch as the state they produced, so after a crash the state
 //! and "how far it got" can never disagree.
 
+// openraft's `StorageError` is the error type its storage traits require;
+// it is large, and boxing it is not ours to choose.
+#![allow(clippy::result_large_err)]
+
 use std::io::Cursor;
 use std::sync::{Arc, Mutex};
 
@@ -33,6 +37,9 @@ pub const KEY_MEMBERSHIP: &[u8] = b"sm/membership";
 
 type Membership = StoredMembership<NodeId, openraft::BasicNode>;
 
+/// The last snapshot built or installed: its meta and its framed bytes.
+type SnapshotCache = Arc<Mutex<Option<(SnapshotMeta<NodeId, openraft::BasicNode>, Vec<u8>)>>>;
+
 fn sm_read_err(e: impl std::fmt::Display) -> StorageError<NodeId> {
     StorageIOError::read_state_machine(&std::io::Error::other(e.to_string())).into()
 }
@@ -51,7 +58,7 @@ pub struct StateMachine {
     db: Arc<DB>,
     mvcc: Arc<Mutex<MvccState>>,
     hub: WatchHub,
-    current: Arc<Mutex<Option<(SnapshotMeta<NodeId, openraft::BasicNode>, Vec<u8>)>>>,
+    current: SnapshotCache,
 }
 
 impl StateMachine {
@@ -72,7 +79,10 @@ impl StateMachine {
         self.mvcc.clone()
     }
 
-    fn read_meta<T: serde::de::DeserializeOwned + Default>(&self, key: &[u8]) -> Result<T, StorageError<NodeId>> {
+    fn read_meta<T: serde::de::DeserializeOwned + Default>(
+        &self,
+        key: &[u8],
+    ) -> Result<T, StorageError<NodeId>> {
         match self
             .db
             .get_cf(cf(&self.db, CF_RAFT_META), key)
@@ -87,10 +97,12 @@ impl StateMachine {
 /// Builds snapshots from a consistent RocksDB snapshot, off the apply path.
 pub struct SnapshotBuilder {
     db: Arc<DB>,
-    current: Arc<Mutex<Option<(SnapshotMeta<NodeId, openraft::BasicNode>, Vec<u8>)>>>,
+    current: SnapshotCache,
 }
 
-async fn build(db: Arc<DB>) -> Result<(SnapshotMeta<NodeId, openraft::BasicNode>, Vec<u8>), StorageError<NodeId>> {
+async fn build(
+    db: Arc<DB>,
+) -> Result<(SnapshotMeta<NodeId, openraft::BasicNode>, Vec<u8>), StorageError<NodeId>> {
     let (meta, data) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
         let state = dump(&db)?;
         let meta = SnapshotMeta {
@@ -125,8 +137,13 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = SnapshotBuilder;
 
-    async fn applied_state(&mut self) -> Result<(Option<LogId<NodeId>>, Membership), StorageError<NodeId>> {
-        Ok((self.read_meta(KEY_APPLIED)?, self.read_meta(KEY_MEMBERSHIP)?))
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<NodeId>>, Membership), StorageError<NodeId>> {
+        Ok((
+            self.read_meta(KEY_APPLIED)?,
+            self.read_meta(KEY_MEMBERSHIP)?,
+        ))
     }
 
     async fn apply<I>(&mut self, entries: I) -> Result<Vec<BatchResult>, StorageError<NodeId>>
@@ -145,9 +162,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 applied = Some(entry.log_id);
                 match entry.payload {
                     EntryPayload::Blank => results.push(BatchResult::default()),
-                    EntryPayload::Normal(batch) => {
-                        results.push(BatchResult(batch.0.iter().map(|c| applier.apply(c)).collect()))
-                    }
+                    EntryPayload::Normal(batch) => results.push(BatchResult(
+                        batch.0.iter().map(|c| applier.apply(c)).collect(),
+                    )),
                     EntryPayload::Membership(m) => {
                         membership = Some(StoredMembership::new(Some(entry.log_id), m));
                         results.push(BatchResult::default());
@@ -155,9 +172,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
             }
             let meta = cf(&self.db, CF_RAFT_META);
-            applier.batch_mut().put_cf(meta, KEY_APPLIED, encode(&applied));
+            applier
+                .batch_mut()
+                .put_cf(meta, KEY_APPLIED, encode(&applied));
             if let Some(membership) = &membership {
-                applier.batch_mut().put_cf(meta, KEY_MEMBERSHIP, encode(membership));
+                applier
+                    .batch_mut()
+                    .put_cf(meta, KEY_MEMBERSHIP, encode(membership));
             }
             let (batch, events) = applier.finish();
             (batch, events, from_revision, state.revision)
@@ -183,7 +204,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
+    async fn begin_receiving_snapshot(
+        &mut self,
+    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
@@ -216,7 +239,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(())
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
         // openraft rebuilds a snapshot itself at startup when the log was
         // purged and none is cached, so only the cached one is returned.
         let Some((meta, data)) = self.current.lock().expect("snapshot cache lock").clone() else {

@@ -1,0 +1,23 @@
+//! orch's control plane over its replicated store: Kubernetes objects, the
+//! API server real kubectl drives, and (next) the client, scheduler and
+//! controllers.
+//!
+//! Objects are kept as JSON (`serde_json::Value`) in the Kubernetes shapes
+//! of the `k8s-openapi` types, so that manifests and clients work unchanged
+//! and fields orch does not model yet are preserved, not dropped.
+//!
+//! Architecture invariant: core talks to the store only through
+//! `orch-raft-store`'s API and knows nothing of containers or hosts.
+
+pub mod control_plane;
+pub mod error;
+pub mod object;
+pub mod patch;
+pub mod registry;
+pub mod resource;
+pub mod selector;
+pub mod server;
+
+pub use control_plane::{ControlPlane, ControlPlaneConfig};
+pub use error::ApiError;
+pub use registry::Registry;

@@ -1,0 +1,494 @@
+//! Objects in the store: create, get, list, update, delete and watch of
+//! Kubernetes objects as JSON under `/registry/{plural}/{namespace}/{name}`,
+//! with `resourceVersion` = the store's mod revision and optimistic
+//! concurrency through store transactions.
+
+use futures::{Stream, StreamExt};
+use orch_raft_store::{
+    Compare, CompareOp, DeleteRequest, EventKind, KeyRange, KeyValue, PutRequest, RangeRequest,
+    StoreNode, TxnOp, TxnRequest, WatchRequest,
+};
+use serde_json::{json, Value};
+
+use crate::error::ApiError;
+use crate::object;
+use crate::resource::{self, Resource};
+use crate::selector::{FieldSelector, LabelSelector};
+
+/// How a list or watch is narrowed.
+#[derive(Debug, Clone, Default)]
+pub struct ListOptions {
+    /// `labelSelector`.
+    pub labels: LabelSelector,
+    /// `fieldSelector`.
+    pub fields: FieldSelector,
+    /// `limit` (0: all).
+    pub limit: usize,
+    /// `continue` token from a previous page.
+    pub continue_token: Option<String>,
+    /// `resourceVersion` (list: ignored except for continue; watch: start after it).
+    pub resource_version: Option<i64>,
+}
+
+impl ListOptions {
+    fn matches(&self, object: &Value) -> bool {
+        self.labels.matches(object) && self.fields.matches(object)
+    }
+}
+
+/// One page of a list.
+#[derive(Debug, Clone)]
+pub struct ObjectList {
+    /// The objects, in key order.
+    pub items: Vec<Value>,
+    /// The store revision the list was read at.
+    pub resource_version: i64,
+    /// Token for the next page, if any.
+    pub continue_token: Option<String>,
+}
+
+/// Type of a watch event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventType {
+    /// The object appeared (or started matching the selector).
+    Added,
+    /// The object changed.
+    Modified,
+    /// The object went away (or stopped matching the selector).
+    Deleted,
+    /// A bookmark: every event up to this resourceVersion was sent.
+    Bookmark,
+}
+
+impl EventType {
+    /// The wire name (`ADDED`, ...).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            EventType::Added => "ADDED",
+            EventType::Modified => "MODIFIED",
+            EventType::Deleted => "DELETED",
+            EventType::Bookmark => "BOOKMARK",
+        }
+    }
+}
+
+/// One watch event.
+#[derive(Debug, Clone)]
+pub struct WatchEvent {
+    /// What happened.
+    pub kind: EventType,
+    /// The object (for DELETED: its last state, at the deletion revision).
+    pub object: Value,
+}
+
+/// Stores Kubernetes objects in an orch store.
+#[derive(Clone)]
+pub struct Registry {
+    store: StoreNode,
+}
+
+fn decode(kv: &KeyValue) -> Result<Value, ApiError> {
+    let mut object: Value = serde_json::from_slice(&kv.value)
+        .map_err(|e| ApiError::internal(format!("stored object is not JSON: {e}")))?;
+    object::set_resource_version(&mut object, kv.mod_revision);
+    Ok(object)
+}
+
+fn encode_token(key: &[u8], revision: i64) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(
+        serde_json::to_vec(&json!({"k": String::from_utf8_lossy(key), "rv": revision}))
+            .unwrap_or_default(),
+    )
+}
+
+fn decode_token(token: &str) -> Result<(Vec<u8>, i64), ApiError> {
+    use base64::Engine;
+    let bad = || ApiError::bad_request(format!("invalid continue token {token:?}"));
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|_| bad())?;
+    let v: Value = serde_json::from_slice(&bytes).map_err(|_| bad())?;
+    let key = v["k"].as_str().ok_or_else(bad)?.as_bytes().to_vec();
+    let rv = v["rv"].as_i64().ok_or_else(bad)?;
+    Ok((key, rv))
+}
+
+impl Registry {
+    /// A registry over a store member.
+    pub fn new(store: StoreNode) -> Self {
+        Registry { store }
+    }
+
+    /// The store member.
+    pub fn store(&self) -> &StoreNode {
+        &self.store
+    }
+
+    async fn read(&self, key: &str) -> Result<Option<KeyValue>, ApiError> {
+        let resp = self
+            .store
+            .range(RangeRequest::new(KeyRange::key(key)))
+            .await?;
+        Ok(resp.kvs.into_iter().next())
+    }
+
+    /// Checks that `namespace` exists and is not terminating.
+    async fn check_namespace(&self, namespace: &str) -> Result<(), ApiError> {
+        let namespaces = resource::find("", "v1", "namespaces").expect("namespaces are served");
+        match self.read(&namespaces.key(None, namespace)).await? {
+            None => Err(ApiError::not_found("namespaces", namespace)),
+            Some(kv) => {
+                let ns = decode(&kv)?;
+                if ns["metadata"]["deletionTimestamp"].is_string()
+                    || ns["status"]["phase"] == "Terminating"
+                {
+                    Err(ApiError::forbidden(format!(
+                        "unable to create new content in namespace {namespace} because it is being terminated"
+                    )))
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    /// Creates an object; fills server-owned metadata.
+    pub async fn create(
+        &self,
+        resource: &Resource,
+        namespace: Option<&str>,
+        mut object: Value,
+    ) -> Result<Value, ApiError> {
+        object::check_identity(resource, &object, namespace).or_else(|e| {
+            if object::name(&object).is_empty() && object["metadata"]["generateName"].is_string() {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        })?;
+        object::prepare_create(resource, &mut object, namespace);
+        object::check_identity(resource, &object, namespace)?;
+        let namespace = if resource.namespaced {
+            let ns = namespace
+                .or_else(|| object::namespace(&object))
+                .ok_or_else(|| ApiError::bad_request("a namespace is required"))?
+                .to_string();
+            object["metadata"]["namespace"] = json!(ns);
+            self.check_namespace(&ns).await?;
+            Some(ns)
+        } else {
+            None
+        };
+        if resource.kind == "Namespace" {
+            object["status"] = json!({"phase": "Active"});
+            object["spec"]["finalizers"] = json!(["kubernetes"]);
+        }
+        let name = object::name(&object).to_string();
+        let key = resource.key(namespace.as_deref(), &name);
+        let body = serde_json::to_vec(&object).map_err(|e| ApiError::internal(e.to_string()))?;
+        let resp = self
+            .store
+            .txn(TxnRequest {
+                compare: vec![Compare::create_revision(key.clone(), CompareOp::Equal, 0)],
+                success: vec![TxnOp::Put(PutRequest::new(key, body))],
+                failure: vec![],
+            })
+            .await?;
+        if !resp.succeeded {
+            return Err(ApiError::already_exists(resource.plural, &name));
+        }
+        object::set_resource_version(&mut object, resp.revision);
+        Ok(object)
+    }
+
+    /// Reads one object.
+    pub async fn get(
+        &self,
+        resource: &Resource,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<Value, ApiError> {
+        match self.read(&resource.key(namespace, name)).await? {
+            Some(kv) => decode(&kv),
+            None => Err(ApiError::not_found(resource.plural, name)),
+        }
+    }
+
+    /// Lists objects (in one namespace or all), filtered and paged.
+    pub async fn list(
+        &self,
+        resource: &Resource,
+        namespace: Option<&str>,
+        options: &ListOptions,
+    ) -> Result<ObjectList, ApiError> {
+        let prefix = resource.key_prefix(namespace);
+        let range = KeyRange::prefix(prefix.clone());
+        let (mut start, revision) = match &options.continue_token {
+            Some(token) => {
+                let (key, rv) = decode_token(token)?;
+                if !key.starts_with(prefix.as_bytes()) {
+                    return Err(ApiError::bad_request(
+                        "continue token does not belong to this list",
+                    ));
+                }
+                (key, rv)
+            }
+            None => (prefix.clone().into_bytes(), 0),
+        };
+        let mut items = Vec::new();
+        let mut list_revision = revision;
+        let chunk = if options.limit == 0 {
+            0
+        } else {
+            options.limit.max(100) + 1
+        };
+        loop {
+            let mut req = RangeRequest::new(KeyRange {
+                start: start.clone(),
+                end: range.end.clone(),
+            });
+            req.limit = chunk;
+            req.revision = list_revision;
+            let resp = self.store.range(req).await?;
+            if list_revision == 0 {
+                list_revision = resp.revision;
+            }
+            let exhausted = !resp.more;
+            for kv in &resp.kvs {
+                let object = decode(kv)?;
+                if !options.matches(&object) {
+                    continue;
+                }
+                if options.limit > 0 && items.len() == options.limit {
+                    return Ok(ObjectList {
+                        items,
+                        resource_version: list_revision,
+                        continue_token: Some(encode_token(&kv.key, list_revision)),
+                    });
+                }
+                items.push(object);
+            }
+            match resp.kvs.last() {
+                Some(last) if !exhausted => {
+                    start = last.key.clone();
+                    start.push(0);
+                }
+                _ => break,
+            }
+        }
+        Ok(ObjectList {
+            items,
+            resource_version: list_revision,
+            continue_token: None,
+        })
+    }
+
+    /// Replaces an object. A resourceVersion in `object` must match the
+    /// stored one (409 otherwise); without one, the write is unconditional
+    /// on the client side but still atomic against concurrent writers.
+    pub async fn update(
+        &self,
+        resource: &Resource,
+        namespace: Option<&str>,
+        name: &str,
+        mut object: Value,
+    ) -> Result<Value, ApiError> {
+        object::check_identity(resource, &object, namespace)?;
+        if object::name(&object) != name {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({}) does not match the name on the URL ({name})",
+                object::name(&object)
+            )));
+        }
+        let key = resource.key(namespace, name);
+        let Some(current) = self.read(&key).await? else {
+            return Err(ApiError::not_found(resource.plural, name));
+        };
+        let expected = object::resource_version(&object)?.unwrap_or(current.mod_revision);
+        if expected != current.mod_revision {
+            return Err(ApiError::conflict(resource.plural, name));
+        }
+        let old = decode(&current)?;
+        object::prepare_update(resource, &old, &mut object);
+        self.write_if_unchanged(resource, &key, name, expected, object)
+            .await
+    }
+
+    /// Writes `object` at `key` if its mod revision is still `expected`.
+    pub async fn write_if_unchanged(
+        &self,
+        resource: &Resource,
+        key: &str,
+        name: &str,
+        expected: i64,
+        mut object: Value,
+    ) -> Result<Value, ApiError> {
+        if let Some(m) = object["metadata"].as_object_mut() {
+            m.remove("resourceVersion");
+        }
+        let body = serde_json::to_vec(&object).map_err(|e| ApiError::internal(e.to_string()))?;
+        let resp = self
+            .store
+            .txn(TxnRequest {
+                compare: vec![Compare::mod_revision(key, CompareOp::Equal, expected)],
+                success: vec![TxnOp::Put(PutRequest::new(key, body))],
+                failure: vec![],
+            })
+            .await?;
+        if !resp.succeeded {
+            return Err(ApiError::conflict(resource.plural, name));
+        }
+        object::set_resource_version(&mut object, resp.revision);
+        Ok(object)
+    }
+
+    /// Deletes an object. With finalizers present it is only marked
+    /// (deletionTimestamp) and goes away when the last finalizer is removed.
+    pub async fn delete(
+        &self,
+        resource: &Resource,
+        namespace: Option<&str>,
+        name: &str,
+        precondition: Option<i64>,
+    ) -> Result<Value, ApiError> {
+        let key = resource.key(namespace, name);
+        let Some(current) = self.read(&key).await? else {
+            return Err(ApiError::not_found(resource.plural, name));
+        };
+        if precondition.is_some_and(|rv| rv != current.mod_revision) {
+            return Err(ApiError::conflict(resource.plural, name));
+        }
+        let mut object = decode(&current)?;
+        let has_finalizers = object["metadata"]["finalizers"]
+            .as_array()
+            .is_some_and(|f| !f.is_empty());
+        if has_finalizers {
+            if object["metadata"]["deletionTimestamp"].is_null() {
+                object["metadata"]["deletionTimestamp"] = json!(object::now_rfc3339());
+                object["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+                return self
+                    .write_if_unchanged(resource, &key, name, current.mod_revision, object)
+                    .await;
+            }
+            return Ok(object);
+        }
+        let resp = self
+            .store
+            .txn(TxnRequest {
+                compare: vec![Compare::mod_revision(
+                    key.clone(),
+                    CompareOp::Equal,
+                    current.mod_revision,
+                )],
+                success: vec![TxnOp::Delete(DeleteRequest {
+                    range: KeyRange::key(key),
+                    prev_kv: false,
+                })],
+                failure: vec![],
+            })
+            .await?;
+        if !resp.succeeded {
+            return Err(ApiError::conflict(resource.plural, name));
+        }
+        object::set_resource_version(&mut object, resp.revision);
+        Ok(object)
+    }
+
+    /// Watches objects. Without a resourceVersion (or "0"), first sends an
+    /// ADDED event per existing object, as Kubernetes does; with one, sends
+    /// every change after it (410 Gone if it was compacted).
+    pub async fn watch(
+        &self,
+        resource: &Resource,
+        namespace: Option<&str>,
+        options: ListOptions,
+        bookmark_ms: u64,
+    ) -> Result<impl Stream<Item = Result<WatchEvent, ApiError>> + Send + 'static, ApiError> {
+        let (initial, start) = match options.resource_version {
+            Some(rv) if rv > 0 => (Vec::new(), rv + 1),
+            _ => {
+                let mut all = options.clone();
+                all.limit = 0;
+                all.continue_token = None;
+                let list = self.list(resource, namespace, &all).await?;
+                let events: Vec<Result<WatchEvent, ApiError>> = list
+                    .items
+                    .into_iter()
+                    .map(|object| {
+                        Ok(WatchEvent {
+                            kind: EventType::Added,
+                            object,
+                        })
+                    })
+                    .collect();
+                (events, list.resource_version + 1)
+            }
+        };
+        let mut req = WatchRequest::new(KeyRange::prefix(resource.key_prefix(namespace)));
+        req.start_revision = start;
+        req.prev_kv = true;
+        req.progress_notify_ms = bookmark_ms;
+        let stream = self.store.watch(req).await?;
+        let live = stream.flat_map(move |item| {
+            let events: Vec<Result<WatchEvent, ApiError>> = match item {
+                Err(e) => vec![Err(ApiError::from(e))],
+                Ok(resp) if resp.events.is_empty() => {
+                    let mut object = json!({"kind": "", "apiVersion": "", "metadata": {}});
+                    object::set_resource_version(&mut object, resp.revision);
+                    vec![Ok(WatchEvent {
+                        kind: EventType::Bookmark,
+                        object,
+                    })]
+                }
+                Ok(resp) => resp
+                    .events
+                    .iter()
+                    .filter_map(|event| translate(event, &options).transpose())
+                    .collect(),
+            };
+            futures::stream::iter(events)
+        });
+        Ok(futures::stream::iter(initial).chain(live))
+    }
+}
+
+/// Turns a store event into a watch event as seen through a selector.
+fn translate(
+    event: &orch_raft_store::Event,
+    options: &ListOptions,
+) -> Result<Option<WatchEvent>, ApiError> {
+    let prev = event.prev_kv.as_ref().map(decode).transpose()?;
+    let was = prev.as_ref().is_some_and(|p| options.matches(p));
+    match event.kind {
+        EventKind::Put => {
+            let object = decode(&event.kv)?;
+            let is = options.matches(&object);
+            Ok(match (prev.is_some() && was, is) {
+                (false, true) => Some(WatchEvent {
+                    kind: EventType::Added,
+                    object,
+                }),
+                (true, true) => Some(WatchEvent {
+                    kind: EventType::Modified,
+                    object,
+                }),
+                (true, false) => Some(WatchEvent {
+                    kind: EventType::Deleted,
+                    object,
+                }),
+                (false, false) => None,
+            })
+        }
+        EventKind::Delete => Ok(match prev {
+            Some(mut object) if was => {
+                object::set_resource_version(&mut object, event.kv.mod_revision);
+                Some(WatchEvent {
+                    kind: EventType::Deleted,
+                    object,
+                })
+            }
+            _ => None,
+        }),
+    }
+}

@@ -1,0 +1,470 @@
+//! Verbs on collections, objects and subresources.
+
+use bytes::Bytes;
+use futures::StreamExt;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use hyper::http::request::Parts;
+use hyper::{Method, Response, StatusCode};
+use serde_json::{json, Value};
+
+use super::request::{wants_table, Query};
+use super::route::{parse, Route};
+use super::{discovery, json_response, table, ApiServer, Body};
+use crate::error::ApiError;
+use crate::object;
+use crate::patch::{self, PatchType};
+use crate::registry::EventType;
+use crate::resource::Resource;
+
+fn header<'a>(parts: &'a Parts, name: &str) -> &'a str {
+    parts
+        .headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
+    if body.is_empty() {
+        return Err(ApiError::bad_request("the request body is empty"));
+    }
+    serde_json::from_slice(body)
+        .or_else(|_| serde_yaml_ng::from_slice::<Value>(body))
+        .map_err(|e| {
+            ApiError::bad_request(format!("the request body is not valid JSON or YAML: {e}"))
+        })
+}
+
+fn ok(value: &Value) -> Response<Body> {
+    json_response(StatusCode::OK, value)
+}
+
+/// Routes one request.
+pub(crate) async fn dispatch(
+    server: &ApiServer,
+    parts: &Parts,
+    body: Bytes,
+) -> Result<Response<Body>, ApiError> {
+    let route = parse(parts.uri.path())?;
+    // Objects are JSON (or YAML); a protobuf body gets 415, on which
+    // client-go falls back to JSON, as it does for custom resources.
+    let content_type = header(parts, "content-type");
+    if !body.is_empty() && content_type.contains("protobuf") {
+        return Err(ApiError::unsupported_media_type(format!(
+            "the body content type {content_type:?} is not supported; send JSON"
+        )));
+    }
+    let query = Query::parse(parts.uri.query());
+    let method = &parts.method;
+    let read_only = |value: Value| -> Result<Response<Body>, ApiError> {
+        if method == Method::GET {
+            Ok(ok(&value))
+        } else {
+            Err(ApiError::method_not_allowed(format!(
+                "{method} is not allowed here"
+            )))
+        }
+    };
+    match route {
+        Route::CoreVersions => read_only(discovery::core_versions()),
+        Route::Groups => read_only(discovery::groups_list()),
+        Route::Group(group) => read_only(discovery::group(&group)?),
+        Route::Resources { group, version } => {
+            read_only(discovery::resource_list(&group, &version)?)
+        }
+        Route::Version => read_only(discovery::version()),
+        Route::Health => Ok(Response::builder()
+            .status(StatusCode::OK)
+            .header("content-type", "text/plain")
+            .body(http_body_util::Full::new(Bytes::from_static(b"ok")).boxed())
+            .expect("static response")),
+        Route::OpenApi(path) => Err(ApiError::no_route(&format!("/openapi/{path}"))),
+        Route::Collection {
+            resource,
+            namespace,
+        } => collection(server, parts, &query, resource, namespace.as_deref(), body).await,
+        Route::Object {
+            resource,
+            namespace,
+            name,
+            subresource,
+        } => {
+            object_verb(
+                server,
+                parts,
+                &query,
+                resource,
+                namespace.as_deref(),
+                &name,
+                subresource.as_deref(),
+                body,
+            )
+            .await
+        }
+    }
+}
+
+fn list_object(
+    resource: &Resource,
+    items: Vec<Value>,
+    resource_version: i64,
+    continue_token: Option<String>,
+) -> Value {
+    let mut metadata = json!({"resourceVersion": resource_version.to_string()});
+    if let Some(token) = continue_token {
+        metadata["continue"] = json!(token);
+    }
+    json!({
+        "kind": format!("{}List", resource.kind),
+        "apiVersion": resource.api_version(),
+        "metadata": metadata,
+        "items": items,
+    })
+}
+
+async fn collection(
+    server: &ApiServer,
+    parts: &Parts,
+    query: &Query,
+    resource: &'static Resource,
+    namespace: Option<&str>,
+    body: Bytes,
+) -> Result<Response<Body>, ApiError> {
+    let registry = server.registry();
+    match parts.method {
+        Method::GET if query.flag("watch") => {
+            watch(server, parts, query, resource, namespace).await
+        }
+        Method::GET => {
+            let options = query.list_options()?;
+            let list = registry.list(resource, namespace, &options).await?;
+            if wants_table(header(parts, "accept")) {
+                return Ok(ok(&table::table(
+                    resource,
+                    &list.items,
+                    Some(list.resource_version.to_string()),
+                    list.continue_token,
+                )));
+            }
+            Ok(ok(&list_object(
+                resource,
+                list.items,
+                list.resource_version,
+                list.continue_token,
+            )))
+        }
+        Method::POST => {
+            let object = parse_body(&body)?;
+            let created = registry.create(resource, namespace, object).await?;
+            Ok(json_response(StatusCode::CREATED, &created))
+        }
+        Method::DELETE => {
+            let options = query.list_options()?;
+            let list = registry.list(resource, namespace, &options).await?;
+            let mut deleted = Vec::new();
+            for item in list.items {
+                let ns = object::namespace(&item).map(String::from);
+                match registry
+                    .delete(resource, ns.as_deref(), object::name(&item), None)
+                    .await
+                {
+                    Ok(gone) => deleted.push(gone),
+                    Err(e) if e.code == 404 => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(ok(&list_object(
+                resource,
+                deleted,
+                list.resource_version,
+                None,
+            )))
+        }
+        _ => Err(ApiError::method_not_allowed(format!(
+            "{} is not allowed on a collection",
+            parts.method
+        ))),
+    }
+}
+
+async fn watch(
+    server: &ApiServer,
+    parts: &Parts,
+    query: &Query,
+    resource: &'static Resource,
+    namespace: Option<&str>,
+) -> Result<Response<Body>, ApiError> {
+    let options = query.list_options()?;
+    let bookmarks = query.flag("allowWatchBookmarks");
+    let as_table = wants_table(header(parts, "accept"));
+    let stream = server
+        .registry()
+        .watch(
+            resource,
+            namespace,
+            options,
+            if bookmarks { 5_000 } else { 0 },
+        )
+        .await?;
+    let lines = stream.map(move |event| {
+        let line = match event {
+            Ok(event) => {
+                let object = if as_table && event.kind != EventType::Bookmark {
+                    let rv = event.object["metadata"]["resourceVersion"]
+                        .as_str()
+                        .map(String::from);
+                    table::table(resource, std::slice::from_ref(&event.object), rv, None)
+                } else {
+                    event.object
+                };
+                json!({"type": event.kind.as_str(), "object": object})
+            }
+            Err(e) => json!({"type": "ERROR", "object": e.to_status()}),
+        };
+        let mut bytes = line.to_string().into_bytes();
+        bytes.push(b'\n');
+        Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(bytes)))
+    });
+    Ok(Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/json")
+        .header("transfer-encoding", "chunked")
+        .body(BodyExt::boxed(StreamBody::new(lines)))
+        .expect("static response parts are valid"))
+}
+
+fn scale_of(resource: &Resource, object: &Value) -> Value {
+    let selector = object["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default();
+    let _ = resource;
+    json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            "name": object["metadata"]["name"],
+            "namespace": object["metadata"]["namespace"],
+            "uid": object["metadata"]["uid"],
+            "resourceVersion": object["metadata"]["resourceVersion"],
+            "creationTimestamp": object["metadata"]["creationTimestamp"],
+        },
+        "spec": {"replicas": object["spec"]["replicas"].as_i64().unwrap_or(1)},
+        "status": {"replicas": object["status"]["replicas"].as_i64().unwrap_or(0), "selector": selector},
+    })
+}
+
+#[allow(clippy::too_many_arguments)] // one argument per part of the request
+async fn object_verb(
+    server: &ApiServer,
+    parts: &Parts,
+    query: &Query,
+    resource: &'static Resource,
+    namespace: Option<&str>,
+    name: &str,
+    subresource: Option<&str>,
+    body: Bytes,
+) -> Result<Response<Body>, ApiError> {
+    let registry = server.registry();
+    let _ = query;
+    match (&parts.method, subresource) {
+        (&Method::GET, None | Some("status")) => {
+            let object = registry.get(resource, namespace, name).await?;
+            if wants_table(header(parts, "accept")) {
+                let rv = object["metadata"]["resourceVersion"]
+                    .as_str()
+                    .map(String::from);
+                return Ok(ok(&table::table(
+                    resource,
+                    std::slice::from_ref(&object),
+                    rv,
+                    None,
+                )));
+            }
+            Ok(ok(&object))
+        }
+        (&Method::GET, Some("scale")) => {
+            let object = registry.get(resource, namespace, name).await?;
+            Ok(ok(&scale_of(resource, &object)))
+        }
+        (&Method::PUT, None) => {
+            let object = parse_body(&body)?;
+            Ok(ok(&registry
+                .update(resource, namespace, name, object)
+                .await?))
+        }
+        (&Method::PUT, Some("status")) => {
+            let incoming = parse_body(&body)?;
+            let updated = update_with(
+                server,
+                resource,
+                namespace,
+                name,
+                object::resource_version(&incoming)?,
+                |current| {
+                    current["status"] = incoming["status"].clone();
+                    Ok(())
+                },
+            )
+            .await?;
+            Ok(ok(&updated))
+        }
+        (&Method::PUT, Some("scale")) => {
+            let scale = parse_body(&body)?;
+            let replicas = scale["spec"]["replicas"]
+                .as_i64()
+                .ok_or_else(|| ApiError::bad_request("spec.replicas is required"))?;
+            let updated = update_with(
+                server,
+                resource,
+                namespace,
+                name,
+                object::resource_version(&scale)?,
+                |current| {
+                    current["spec"]["replicas"] = json!(replicas);
+                    Ok(())
+                },
+            )
+            .await?;
+            Ok(ok(&scale_of(resource, &updated)))
+        }
+        (&Method::PATCH, None | Some("status") | Some("scale")) => {
+            let kind =
+                PatchType::from_content_type(header(parts, "content-type")).ok_or_else(|| {
+                    ApiError::unsupported_media_type(format!(
+                        "the patch content type {:?} is not supported",
+                        header(parts, "content-type")
+                    ))
+                })?;
+            let sub = subresource.map(String::from);
+            let patched = update_with(server, resource, namespace, name, None, |current| {
+                match sub.as_deref() {
+                    Some("scale") => {
+                        let mut scale = scale_of(resource, current);
+                        patch::apply(kind, &mut scale, &body)?;
+                        let replicas = scale["spec"]["replicas"].as_i64().ok_or_else(|| {
+                            ApiError::invalid_patch("spec.replicas must be an integer")
+                        })?;
+                        current["spec"]["replicas"] = json!(replicas);
+                    }
+                    Some("status") => {
+                        let mut copy = current.clone();
+                        patch::apply(kind, &mut copy, &body)?;
+                        current["status"] = copy["status"].clone();
+                    }
+                    _ => patch::apply(kind, current, &body)?,
+                }
+                Ok(())
+            })
+            .await;
+            match (patched, kind) {
+                (Ok(updated), _) if subresource == Some("scale") => {
+                    Ok(ok(&scale_of(resource, &updated)))
+                }
+                (Ok(updated), _) => Ok(ok(&updated)),
+                (Err(e), PatchType::Apply) if e.code == 404 && subresource.is_none() => {
+                    // Server-side apply of a new object creates it.
+                    let object = parse_body(&body)?;
+                    let created = registry.create(resource, namespace, object).await?;
+                    Ok(json_response(StatusCode::CREATED, &created))
+                }
+                (Err(e), _) => Err(e),
+            }
+        }
+        (&Method::DELETE, None) => {
+            let options: Value = if body.is_empty() {
+                json!({})
+            } else {
+                parse_body(&body)?
+            };
+            let precondition =
+                match options["preconditions"]["resourceVersion"].as_str() {
+                    Some(rv) => Some(rv.parse::<i64>().map_err(|_| {
+                        ApiError::bad_request("invalid preconditions.resourceVersion")
+                    })?),
+                    None => None,
+                };
+            Ok(ok(&registry
+                .delete(resource, namespace, name, precondition)
+                .await?))
+        }
+        (&Method::POST, Some("binding")) => {
+            let binding = parse_body(&body)?;
+            let node = binding["target"]["name"]
+                .as_str()
+                .filter(|n| !n.is_empty())
+                .ok_or_else(|| ApiError::bad_request("binding target.name is required"))?
+                .to_string();
+            update_with(server, resource, namespace, name, None, |pod| {
+                let current = pod["spec"]["nodeName"].as_str().unwrap_or("");
+                if !current.is_empty() {
+                    return Err(ApiError::conflict("pods", name));
+                }
+                pod["spec"]["nodeName"] = json!(node);
+                Ok(())
+            })
+            .await?;
+            Ok(json_response(
+                StatusCode::CREATED,
+                &json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 201}),
+            ))
+        }
+        (method, Some(sub)) => Err(ApiError::method_not_allowed(format!(
+            "{method} on {}/{sub} is not served yet",
+            resource.plural
+        ))),
+        (method, None) => Err(ApiError::method_not_allowed(format!(
+            "{method} is not allowed on an object"
+        ))),
+    }
+}
+
+/// Reads the object, applies `change`, and writes it back if nothing
+/// changed in between; retries on a concurrent change unless the client
+/// named a resourceVersion (then a mismatch is a 409).
+async fn update_with(
+    server: &ApiServer,
+    resource: &'static Resource,
+    namespace: Option<&str>,
+    name: &str,
+    expected: Option<i64>,
+    mut change: impl FnMut(&mut Value) -> Result<(), ApiError>,
+) -> Result<Value, ApiError> {
+    let registry = server.registry();
+    for _ in 0..16 {
+        let current = registry.get(resource, namespace, name).await?;
+        let revision = object::resource_version(&current)?.unwrap_or(0);
+        if expected.is_some_and(|rv| rv != revision) {
+            return Err(ApiError::conflict(resource.plural, name));
+        }
+        let mut updated = current.clone();
+        change(&mut updated)?;
+        if object::name(&updated) != name {
+            return Err(ApiError::invalid(
+                resource.kind,
+                name,
+                vec![crate::error::FieldCause {
+                    field: "metadata.name".into(),
+                    message: "field is immutable".into(),
+                }],
+            ));
+        }
+        object::check_identity(resource, &updated, namespace)?;
+        object::prepare_update(resource, &current, &mut updated);
+        let key = resource.key(namespace, name);
+        match registry
+            .write_if_unchanged(resource, &key, name, revision, updated)
+            .await
+        {
+            Err(e) if e.reason == "Conflict" && expected.is_none() => continue,
+            other => return other,
+        }
+    }
+    Err(ApiError::conflict(resource.plural, name))
+}

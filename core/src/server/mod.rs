@@ -1,0 +1,154 @@
+//! The Kubernetes API server: hyper over TCP, routing by path, JSON bodies,
+//! `Status` objects for every error.
+
+mod discovery;
+mod handlers;
+mod request;
+mod route;
+mod table;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::Instrument;
+
+use crate::error::ApiError;
+use crate::registry::Registry;
+
+pub use route::{parse as parse_route, Route};
+
+pub(crate) type Body = BoxBody<Bytes, Infallible>;
+
+/// Largest request body accepted (etcd's value limit plus room for the
+/// envelope, as kube-apiserver allows 3 MiB).
+pub const MAX_BODY_BYTES: usize = 3 << 20;
+
+/// The API server's shared state.
+pub struct ApiServer {
+    registry: Registry,
+}
+
+impl ApiServer {
+    /// An API server over a registry.
+    pub fn new(registry: Registry) -> Arc<Self> {
+        Arc::new(ApiServer { registry })
+    }
+
+    /// The registry.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+}
+
+/// A running API server.
+pub struct ServerHandle {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ServerHandle {
+    /// Stops accepting and closes every connection.
+    pub async fn shutdown(self) {
+        self.stop.send_replace(true);
+        let _ = self.task.await;
+    }
+}
+
+/// Serves the API on `listener` until the handle is shut down.
+pub fn serve(listener: TcpListener, server: Arc<ApiServer>) -> std::io::Result<ServerHandle> {
+    let addr = listener.local_addr()?;
+    let (stop, _) = watch::channel(false);
+    let mut stopped = stop.subscribe();
+    let stop_for_conns = stop.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        continue;
+                    }
+                },
+                _ = stopped.wait_for(|s| *s) => return,
+            };
+            let _ = stream.set_nodelay(true);
+            let server = server.clone();
+            let mut conn_stopped = stop_for_conns.subscribe();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let server = server.clone();
+                    async move { Ok::<_, Infallible>(handle(server, req).await) }
+                });
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let conn = builder.serve_connection(TokioIo::new(stream), service);
+                tokio::select! {
+                    result = conn => {
+                        if let Err(e) = result {
+                            tracing::debug!(%peer, error = %e, "connection ended");
+                        }
+                    }
+                    _ = conn_stopped.wait_for(|s| *s) => {}
+                }
+            });
+        }
+    });
+    Ok(ServerHandle { addr, stop, task })
+}
+
+pub(crate) fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(value.to_string())).boxed())
+        .expect("static response parts are valid")
+}
+
+pub(crate) fn error_response(error: &ApiError) -> Response<Body> {
+    let status = StatusCode::from_u16(error.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    json_response(status, &error.to_status())
+}
+
+async fn handle(server: Arc<ApiServer>, req: Request<Incoming>) -> Response<Body> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let span = tracing::info_span!("api", %method, %path);
+    async move {
+        let (parts, body) = req.into_parts();
+        let body = match Limited::new(body, MAX_BODY_BYTES).collect().await {
+            Ok(body) => body.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                return error_response(&ApiError::too_large(format!(
+                    "the request body is larger than {MAX_BODY_BYTES} bytes"
+                )))
+            }
+            Err(e) => return error_response(&ApiError::bad_request(format!("reading the request body: {e}"))),
+        };
+        let response = handlers::dispatch(&server, &parts, body).await;
+        match response {
+            Ok(response) => response,
+            Err(e) => {
+                if e.code >= 500 {
+                    tracing::warn!(code = e.code, reason = e.reason, message = %e.message, "request failed");
+                } else {
+                    tracing::debug!(code = e.code, reason = e.reason, message = %e.message, "request refused");
+                }
+                error_response(&e)
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}

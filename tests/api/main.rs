@@ -1,0 +1,4 @@
+//! The API server driven by the real kubectl (1.32) and by raw requests.
+
+mod bad_input;
+mod kubectl;

@@ -1,0 +1,136 @@
+//! A control plane with its API server on ephemeral ports, a kubeconfig for
+//! it, and helpers to run the real kubectl and send raw HTTP requests.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use orch_core::{ControlPlane, ControlPlaneConfig};
+use tempfile::TempDir;
+
+/// A single-member control plane for API tests.
+pub struct TestApi {
+    /// The running control plane.
+    pub plane: Option<ControlPlane>,
+    /// `host:port` of the API.
+    pub addr: String,
+    /// A kubeconfig pointing at the API.
+    pub kubeconfig: PathBuf,
+    dir: TempDir,
+}
+
+/// What a kubectl run returned.
+#[derive(Debug)]
+pub struct KubectlOutput {
+    /// Exit status was success.
+    pub success: bool,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl TestApi {
+    /// Starts a control plane on loopback ports.
+    pub async fn start() -> TestApi {
+        crate::init_logging();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let plane = ControlPlane::start_single(ControlPlaneConfig {
+            data_dir: dir.path().join("store"),
+            store_addr: "127.0.0.1:0".parse().unwrap(),
+            api_addr: "127.0.0.1:0".parse().unwrap(),
+        })
+        .await
+        .expect("control plane starts");
+        let addr = plane.api.addr.to_string();
+        let kubeconfig = dir.path().join("kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: orch\n  cluster:\n    server: http://{addr}\ncontexts:\n- name: orch\n  context:\n    cluster: orch\n    user: admin\n    namespace: default\ncurrent-context: orch\nusers:\n- name: admin\n  user: {{}}\n"
+            ),
+        )
+        .unwrap();
+        TestApi {
+            plane: Some(plane),
+            addr,
+            kubeconfig,
+            dir,
+        }
+    }
+
+    /// A file path inside the test's temp dir.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Runs kubectl with the test kubeconfig (a fresh cache dir per test).
+    pub async fn kubectl(&self, args: &[&str]) -> KubectlOutput {
+        let kubeconfig = self.kubeconfig.clone();
+        let cache = self.dir.path().join("kube-cache");
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        tokio::task::spawn_blocking(move || {
+            let output = Command::new("kubectl")
+                .args(&args)
+                .env("KUBECONFIG", &kubeconfig)
+                .env("KUBECACHEDIR", &cache)
+                .env("HOME", cache.parent().unwrap())
+                .output()
+                .expect("kubectl is installed");
+            KubectlOutput {
+                success: output.status.success(),
+                stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            }
+        })
+        .await
+        .unwrap()
+    }
+
+    /// Runs kubectl and panics unless it succeeds; returns stdout.
+    pub async fn kubectl_ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args).await;
+        assert!(
+            out.success,
+            "kubectl {args:?} failed:\nstdout: {}\nstderr: {}",
+            out.stdout, out.stderr
+        );
+        out.stdout
+    }
+
+    /// Sends a raw HTTP/1.1 request; returns (status, JSON body).
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: &[u8],
+    ) -> (u16, serde_json::Value) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(&self.addr).await.unwrap();
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            self.addr,
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let _ = stream.write_all(body).await;
+        let mut response = Vec::new();
+        let _ = stream.read_to_end(&mut response).await;
+        let text = String::from_utf8_lossy(&response).into_owned();
+        let status: u16 = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+        let json = serde_json::from_str(body.trim()).unwrap_or(serde_json::Value::Null);
+        (status, json)
+    }
+
+    /// Stops the control plane.
+    pub async fn shutdown(mut self) {
+        if let Some(plane) = self.plane.take() {
+            plane.shutdown().await;
+        }
+    }
+}
