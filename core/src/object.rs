@@ -27,6 +27,19 @@ pub fn resource_version(object: &Value) -> Result<Option<i64>, ApiError> {
     }
 }
 
+/// `spec.selector.matchLabels` as `k=v,k=v`, the way kubectl prints it.
+pub fn match_labels_string(object: &Value) -> String {
+    object["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default()
+}
+
 /// Sets `metadata.resourceVersion`.
 pub fn set_resource_version(object: &mut Value, revision: i64) {
     object["metadata"]["resourceVersion"] = json!(revision.to_string());

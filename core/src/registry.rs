@@ -4,6 +4,7 @@
 //! concurrency through store transactions.
 
 use futures::{Stream, StreamExt};
+use orch_raft_store::Kv;
 use orch_raft_store::{
     Compare, CompareOp, DeleteRequest, EventKind, KeyRange, KeyValue, PutRequest, RangeRequest,
     StoreNode, TxnOp, TxnRequest, WatchRequest,
@@ -133,6 +134,20 @@ impl Registry {
         Ok(resp.kvs.into_iter().next())
     }
 
+    /// Runs `op` if `guard` holds; the new revision, or `None` when the
+    /// guard failed (someone else changed the key first).
+    async fn guarded(&self, guard: Compare, op: TxnOp) -> Result<Option<i64>, ApiError> {
+        let resp = self
+            .store
+            .txn(TxnRequest {
+                compare: vec![guard],
+                success: vec![op],
+                failure: vec![],
+            })
+            .await?;
+        Ok(resp.succeeded.then_some(resp.revision))
+    }
+
     /// Checks that `namespace` exists and is not terminating.
     async fn check_namespace(&self, namespace: &str) -> Result<(), ApiError> {
         let namespaces = resource::find("", "v1", "namespaces").expect("namespaces are served");
@@ -187,18 +202,14 @@ impl Registry {
         let name = object::name(&object).to_string();
         let key = resource.key(namespace.as_deref(), &name);
         let body = serde_json::to_vec(&object).map_err(|e| ApiError::internal(e.to_string()))?;
-        let resp = self
-            .store
-            .txn(TxnRequest {
-                compare: vec![Compare::create_revision(key.clone(), CompareOp::Equal, 0)],
-                success: vec![TxnOp::Put(PutRequest::new(key, body))],
-                failure: vec![],
-            })
-            .await?;
-        if !resp.succeeded {
+        let guard = Compare::create_revision(key.clone(), CompareOp::Equal, 0);
+        let Some(revision) = self
+            .guarded(guard, TxnOp::Put(PutRequest::new(key, body)))
+            .await?
+        else {
             return Err(ApiError::already_exists(resource.plural, &name));
-        }
-        object::set_resource_version(&mut object, resp.revision);
+        };
+        object::set_resource_version(&mut object, revision);
         Ok(object)
     }
 
@@ -328,18 +339,14 @@ impl Registry {
             m.remove("resourceVersion");
         }
         let body = serde_json::to_vec(&object).map_err(|e| ApiError::internal(e.to_string()))?;
-        let resp = self
-            .store
-            .txn(TxnRequest {
-                compare: vec![Compare::mod_revision(key, CompareOp::Equal, expected)],
-                success: vec![TxnOp::Put(PutRequest::new(key, body))],
-                failure: vec![],
-            })
-            .await?;
-        if !resp.succeeded {
+        let guard = Compare::mod_revision(key, CompareOp::Equal, expected);
+        let Some(revision) = self
+            .guarded(guard, TxnOp::Put(PutRequest::new(key, body)))
+            .await?
+        else {
             return Err(ApiError::conflict(resource.plural, name));
-        }
-        object::set_resource_version(&mut object, resp.revision);
+        };
+        object::set_resource_version(&mut object, revision);
         Ok(object)
     }
 
@@ -373,25 +380,15 @@ impl Registry {
             }
             return Ok(object);
         }
-        let resp = self
-            .store
-            .txn(TxnRequest {
-                compare: vec![Compare::mod_revision(
-                    key.clone(),
-                    CompareOp::Equal,
-                    current.mod_revision,
-                )],
-                success: vec![TxnOp::Delete(DeleteRequest {
-                    range: KeyRange::key(key),
-                    prev_kv: false,
-                })],
-                failure: vec![],
-            })
-            .await?;
-        if !resp.succeeded {
+        let guard = Compare::mod_revision(key.clone(), CompareOp::Equal, current.mod_revision);
+        let delete = TxnOp::Delete(DeleteRequest {
+            range: KeyRange::key(key),
+            prev_kv: false,
+        });
+        let Some(revision) = self.guarded(guard, delete).await? else {
             return Err(ApiError::conflict(resource.plural, name));
-        }
-        object::set_resource_version(&mut object, resp.revision);
+        };
+        object::set_resource_version(&mut object, revision);
         Ok(object)
     }
 

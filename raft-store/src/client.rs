@@ -23,14 +23,14 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::codec::{decode, encode};
 use crate::command::{Command, CommandResult};
 use crate::error::{Result, StoreError};
+use crate::kv::Kv;
 use crate::network::{
     HttpTransport, MembershipChange, TransportError, PATH_COMMAND, PATH_KEEPALIVE, PATH_MEMBERSHIP,
     PATH_RANGE, PATH_SNAPSHOT_SAVE, PATH_STATUS, PATH_WATCH,
 };
 use crate::types::{
-    DeleteRequest, DeleteResponse, KeyRange, KeyValue, LeaseGrant, LeaseId, MemberStatus, NodeId,
-    PutRequest, PutResponse, RangeRequest, RangeResponse, Revision, TxnRequest, TxnResponse,
-    WatchRequest, WatchResponse,
+    KeyRange, LeaseId, MemberStatus, NodeId, RangeRequest, RangeResponse, WatchRequest,
+    WatchResponse,
 };
 use crate::watch::WatchStream;
 
@@ -140,7 +140,7 @@ impl Client {
         }
     }
 
-    async fn command(&self, command: Command) -> Result<CommandResult> {
+    async fn run_command(&self, command: Command) -> Result<CommandResult> {
         match self
             .call::<_, CommandResult>(PATH_COMMAND, &command, Retry::IfUnsent)
             .await?
@@ -148,82 +148,6 @@ impl Client {
             CommandResult::Failed(e) => Err(e),
             result => Ok(result),
         }
-    }
-
-    /// Sets `key` to `value`.
-    pub async fn put(
-        &self,
-        key: impl Into<Vec<u8>>,
-        value: impl Into<Vec<u8>>,
-    ) -> Result<PutResponse> {
-        self.put_with(PutRequest::new(key, value)).await
-    }
-
-    /// Sets a key with options.
-    pub async fn put_with(&self, req: PutRequest) -> Result<PutResponse> {
-        match self.command(Command::Put(req)).await? {
-            CommandResult::Put(resp) => Ok(resp),
-            other => Err(unexpected(other)),
-        }
-    }
-
-    /// Reads one key (linearizable).
-    pub async fn get(&self, key: impl Into<Vec<u8>>) -> Result<Option<KeyValue>> {
-        Ok(self
-            .range(RangeRequest::new(KeyRange::key(key)))
-            .await?
-            .kvs
-            .into_iter()
-            .next())
-    }
-
-    /// Reads a range.
-    pub async fn range(&self, req: RangeRequest) -> Result<RangeResponse> {
-        req.range.validate()?;
-        self.call(PATH_RANGE, &req, Retry::Always).await
-    }
-
-    /// Deletes a key or range.
-    pub async fn delete(&self, req: DeleteRequest) -> Result<DeleteResponse> {
-        match self.command(Command::Delete(req)).await? {
-            CommandResult::Delete(resp) => Ok(resp),
-            other => Err(unexpected(other)),
-        }
-    }
-
-    /// Runs a transaction.
-    pub async fn txn(&self, req: TxnRequest) -> Result<TxnResponse> {
-        match self.command(Command::Txn(req)).await? {
-            CommandResult::Txn(resp) => Ok(resp),
-            other => Err(unexpected(other)),
-        }
-    }
-
-    /// Removes history below `revision`.
-    pub async fn compact(&self, revision: Revision) -> Result<()> {
-        self.command(Command::Compact(revision)).await.map(|_| ())
-    }
-
-    /// Grants a lease.
-    pub async fn lease_grant(&self, ttl_secs: i64) -> Result<LeaseGrant> {
-        let id = (rand::random::<i64>() & i64::MAX).max(1);
-        match self.command(Command::LeaseGrant { id, ttl_secs }).await? {
-            CommandResult::LeaseGrant(grant) => Ok(grant),
-            other => Err(unexpected(other)),
-        }
-    }
-
-    /// Revokes a lease and deletes its keys.
-    pub async fn lease_revoke(&self, id: LeaseId) -> Result<Revision> {
-        match self.command(Command::LeaseRevoke(id)).await? {
-            CommandResult::LeaseRevoke(rev) => Ok(rev),
-            other => Err(unexpected(other)),
-        }
-    }
-
-    /// Renews a lease for its full TTL.
-    pub async fn lease_keep_alive(&self, id: LeaseId) -> Result<i64> {
-        self.call(PATH_KEEPALIVE, &id, Retry::Always).await
     }
 
     /// The status of whichever member answers.
@@ -287,7 +211,7 @@ impl Client {
     /// Watches a range. The stream resumes on another member from the last
     /// delivered revision when its connection drops; it ends with an error
     /// when no member can be reached for the client's timeout.
-    pub async fn watch(&self, mut req: WatchRequest) -> Result<WatchStream> {
+    async fn start_watch(&self, mut req: WatchRequest) -> Result<WatchStream> {
         req.range.validate()?;
         if req.start_revision == 0 {
             let mut probe = RangeRequest::new(KeyRange::key(b"\0".to_vec()));
@@ -381,6 +305,24 @@ impl Client {
     }
 }
 
-fn unexpected(result: CommandResult) -> StoreError {
-    StoreError::Raft(format!("unexpected command result {result:?}"))
+impl Kv for Client {
+    async fn command(&self, command: Command) -> Result<CommandResult> {
+        self.run_command(command).await
+    }
+
+    async fn range(&self, req: RangeRequest) -> Result<RangeResponse> {
+        req.range.validate()?;
+        self.call(PATH_RANGE, &req, Retry::Always).await
+    }
+
+    /// Watches a range. The stream resumes on another member from the last
+    /// delivered revision when its connection drops; it ends with an error
+    /// when no member can be reached for the client's timeout.
+    async fn watch(&self, req: WatchRequest) -> Result<WatchStream> {
+        self.start_watch(req).await
+    }
+
+    async fn lease_keep_alive(&self, id: LeaseId) -> Result<i64> {
+        self.call(PATH_KEEPALIVE, &id, Retry::Always).await
+    }
 }

@@ -61,9 +61,12 @@ impl NodeConfig {
             listen_addr,
             advertise_addr: None,
             fsync: true,
-            heartbeat_interval: Duration::from_millis(50),
-            election_timeout_min: Duration::from_millis(150),
-            election_timeout_max: Duration::from_millis(300),
+            // openraft 0.9 also uses the heartbeat interval as the time
+            // limit of each append-entries call, so it must cover a synced
+            // append on a loaded machine; etcd's default is 100 ms too.
+            heartbeat_interval: Duration::from_millis(100),
+            election_timeout_min: Duration::from_millis(300),
+            election_timeout_max: Duration::from_millis(600),
             snapshot_after_logs: 20_000,
             logs_kept_after_snapshot: 5_000,
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,

@@ -23,6 +23,7 @@ use crate::codec::{decode, encode};
 use crate::command::{Command, CommandResult};
 use crate::config::NodeConfig;
 use crate::error::{Result, StoreError};
+use crate::kv::Kv;
 use crate::lease::LeaseDeadlines;
 use crate::network::{
     HttpTransport, MembershipChange, NetworkFactory, Transport, TransportError, PATH_PROPOSE,
@@ -33,11 +34,7 @@ use crate::storage::mvcc::{read_range, MvccState};
 use crate::storage::snapshot::{dump, encode_framed};
 use crate::storage::state_machine::StateMachine;
 use crate::storage::{cf, open_data_dir, DataDir, CF_RAFT_META};
-use crate::types::{
-    DeleteRequest, DeleteResponse, KeyRange, KeyValue, LeaseGrant, LeaseId, MemberStatus, NodeId,
-    PutRequest, PutResponse, RangeRequest, RangeResponse, Revision, TxnRequest, TxnResponse,
-    WatchRequest,
-};
+use crate::types::{LeaseId, MemberStatus, NodeId, RangeRequest, RangeResponse, WatchRequest};
 use crate::watch::{WatchHub, WatchStream};
 use crate::{proposer, read_index, TypeConfig};
 
@@ -447,107 +444,6 @@ impl StoreNode {
 
     // --- key-value API ---------------------------------------------------------
 
-    /// Sets `key` to `value`.
-    pub async fn put(
-        &self,
-        key: impl Into<Vec<u8>>,
-        value: impl Into<Vec<u8>>,
-    ) -> Result<PutResponse> {
-        self.put_with(PutRequest::new(key, value)).await
-    }
-
-    /// Sets a key with options (lease, previous value).
-    pub async fn put_with(&self, req: PutRequest) -> Result<PutResponse> {
-        match self.execute(Command::Put(req), true).await? {
-            CommandResult::Put(resp) => Ok(resp),
-            other => Err(unexpected(other)),
-        }
-    }
-
-    /// Reads one key (linearizable).
-    pub async fn get(&self, key: impl Into<Vec<u8>>) -> Result<Option<KeyValue>> {
-        let resp = self.range(RangeRequest::new(KeyRange::key(key))).await?;
-        Ok(resp.kvs.into_iter().next())
-    }
-
-    /// Reads a range.
-    pub async fn range(&self, req: RangeRequest) -> Result<RangeResponse> {
-        req.range.validate()?;
-        if !req.serializable {
-            self.linearize().await?;
-        }
-        let db = self.inner.db.clone();
-        tokio::task::spawn_blocking(move || read_range(&db, &req))
-            .await
-            .map_err(|e| StoreError::Raft(format!("reader task failed: {e}")))?
-    }
-
-    /// Deletes a key or a range.
-    pub async fn delete(&self, req: DeleteRequest) -> Result<DeleteResponse> {
-        match self.execute(Command::Delete(req), true).await? {
-            CommandResult::Delete(resp) => Ok(resp),
-            other => Err(unexpected(other)),
-        }
-    }
-
-    /// Runs a transaction.
-    pub async fn txn(&self, req: TxnRequest) -> Result<TxnResponse> {
-        match self.execute(Command::Txn(req), true).await? {
-            CommandResult::Txn(resp) => Ok(resp),
-            other => Err(unexpected(other)),
-        }
-    }
-
-    /// Removes history below `revision`.
-    pub async fn compact(&self, revision: Revision) -> Result<()> {
-        match self.execute(Command::Compact(revision), true).await? {
-            CommandResult::Compact(_) => Ok(()),
-            other => Err(unexpected(other)),
-        }
-    }
-
-    /// Grants a lease with a TTL in seconds.
-    pub async fn lease_grant(&self, ttl_secs: i64) -> Result<LeaseGrant> {
-        let id = loop {
-            let id = rand::random::<i64>() & i64::MAX;
-            if id != 0 {
-                break id;
-            }
-        };
-        match self
-            .execute(Command::LeaseGrant { id, ttl_secs }, true)
-            .await?
-        {
-            CommandResult::LeaseGrant(grant) => Ok(grant),
-            other => Err(unexpected(other)),
-        }
-    }
-
-    /// Revokes a lease, deleting its keys.
-    pub async fn lease_revoke(&self, id: LeaseId) -> Result<Revision> {
-        match self.execute(Command::LeaseRevoke(id), true).await? {
-            CommandResult::LeaseRevoke(rev) => Ok(rev),
-            other => Err(unexpected(other)),
-        }
-    }
-
-    /// Renews a lease for its full TTL; returns the TTL.
-    pub async fn lease_keep_alive(&self, id: LeaseId) -> Result<i64> {
-        crate::lease::keep_alive(self, id).await
-    }
-
-    /// Watches a range.
-    pub async fn watch(&self, req: WatchRequest) -> Result<WatchStream> {
-        let compacted = self.inner.mvcc.lock().expect("mvcc lock").compacted;
-        if req.start_revision > 0 && req.start_revision < compacted {
-            return Err(StoreError::Compacted {
-                requested: req.start_revision,
-                compacted,
-            });
-        }
-        self.inner.hub.watch(self.inner.db.clone(), req)
-    }
-
     /// This member's view of the cluster.
     pub fn status(&self) -> MemberStatus {
         let metrics = self.inner.raft.metrics();
@@ -769,8 +665,36 @@ impl StoreNode {
     }
 }
 
-fn unexpected(result: CommandResult) -> StoreError {
-    StoreError::Raft(format!("unexpected command result {result:?}"))
+impl Kv for StoreNode {
+    async fn command(&self, command: Command) -> Result<CommandResult> {
+        self.execute(command, true).await
+    }
+
+    async fn range(&self, req: RangeRequest) -> Result<RangeResponse> {
+        req.range.validate()?;
+        if !req.serializable {
+            self.linearize().await?;
+        }
+        let db = self.inner.db.clone();
+        tokio::task::spawn_blocking(move || read_range(&db, &req))
+            .await
+            .map_err(|e| StoreError::Raft(format!("reader task failed: {e}")))?
+    }
+
+    async fn watch(&self, req: WatchRequest) -> Result<WatchStream> {
+        let compacted = self.inner.mvcc.lock().expect("mvcc lock").compacted;
+        if req.start_revision > 0 && req.start_revision < compacted {
+            return Err(StoreError::Compacted {
+                requested: req.start_revision,
+                compacted,
+            });
+        }
+        self.inner.hub.watch(self.inner.db.clone(), req)
+    }
+
+    async fn lease_keep_alive(&self, id: LeaseId) -> Result<i64> {
+        crate::lease::keep_alive(self, id).await
+    }
 }
 
 /// Restores a snapshot file into a new data dir. The member started on that

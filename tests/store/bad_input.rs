@@ -1,5 +1,6 @@
 //! Bad input gets a typed error, never a panic, and changes nothing.
 
+use orch_raft_store::Kv;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;

@@ -1,6 +1,7 @@
 //! A member that was down while 10,000 writes happened catches up, from the
 //! log or, once the log was purged, through a snapshot.
 
+use orch_raft_store::Kv;
 use std::time::Duration;
 
 use futures::stream::{self, StreamExt};

@@ -1,6 +1,7 @@
 //! Leader failure: a new leader is elected, no acknowledged write is lost,
 //! and writes are accepted again. Prints how long writes were unavailable.
 
+use orch_raft_store::Kv;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -1,5 +1,6 @@
 //! Puts, gets, ranges and deletes through leader, followers and the HTTP client.
 
+use orch_raft_store::Kv;
 use std::time::Duration;
 
 use orch_raft_store::{DeleteRequest, KeyRange, PutRequest, RangeRequest};

@@ -1,5 +1,6 @@
 //! Leases: keep-alive keeps keys, expiry deletes them on every member.
 
+use orch_raft_store::Kv;
 use std::time::Duration;
 
 use orch_raft_store::{KeyRange, PutRequest, RangeRequest, StoreError};

@@ -12,6 +12,7 @@ mod snapshot;
 mod txn;
 mod watch;
 
+use orch_raft_store::Kv;
 use std::collections::BTreeMap;
 
 use orch_raft_store::{KeyRange, RangeRequest, Revision, StoreNode};

@@ -1,5 +1,6 @@
 //! Network partitions injected between in-process members.
 
+use orch_raft_store::Kv;
 use std::time::Duration;
 
 use orch_raft_store::StoreError;

@@ -1,5 +1,6 @@
 //! Members as separate processes, killed with SIGKILL.
 
+use orch_raft_store::Kv;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

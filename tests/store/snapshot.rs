@@ -1,6 +1,7 @@
 //! Snapshot save on a live cluster and restore into a new cluster.
 
 use futures::StreamExt;
+use orch_raft_store::Kv;
 use orch_raft_store::{restore_snapshot, KeyRange, NodeConfig, StoreNode, WatchRequest};
 use orch_tests::store::TestCluster;
 

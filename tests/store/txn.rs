@@ -1,5 +1,6 @@
 //! Transactions: compare-and-swap under contention, atomic branches.
 
+use orch_raft_store::Kv;
 use std::sync::Arc;
 
 use orch_raft_store::{

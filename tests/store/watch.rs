@@ -1,6 +1,7 @@
 //! Watches: history replay then live events, in order, without gaps or
 //! duplicates, across leader changes and member restarts.
 
+use orch_raft_store::Kv;
 use std::time::Duration;
 
 use futures::StreamExt;

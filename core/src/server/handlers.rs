@@ -234,17 +234,9 @@ async fn watch(
         .expect("static response parts are valid"))
 }
 
-fn scale_of(resource: &Resource, object: &Value) -> Value {
-    let selector = object["spec"]["selector"]["matchLabels"]
-        .as_object()
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
-                .collect::<Vec<_>>()
-                .join(",")
-        })
-        .unwrap_or_default();
-    let _ = resource;
+/// The `autoscaling/v1` Scale view of a workload.
+fn scale_of(object: &Value) -> Value {
+    let selector = object::match_labels_string(object);
     json!({
         "kind": "Scale",
         "apiVersion": "autoscaling/v1",
@@ -291,7 +283,7 @@ async fn object_verb(
         }
         (&Method::GET, Some("scale")) => {
             let object = registry.get(resource, namespace, name).await?;
-            Ok(ok(&scale_of(resource, &object)))
+            Ok(ok(&scale_of(&object)))
         }
         (&Method::PUT, None) => {
             let object = parse_body(&body)?;
@@ -332,7 +324,7 @@ async fn object_verb(
                 },
             )
             .await?;
-            Ok(ok(&scale_of(resource, &updated)))
+            Ok(ok(&scale_of(&updated)))
         }
         (&Method::PATCH, None | Some("status") | Some("scale")) => {
             let kind =
@@ -346,7 +338,7 @@ async fn object_verb(
             let patched = update_with(server, resource, namespace, name, None, |current| {
                 match sub.as_deref() {
                     Some("scale") => {
-                        let mut scale = scale_of(resource, current);
+                        let mut scale = scale_of(current);
                         patch::apply(kind, &mut scale, &body)?;
                         let replicas = scale["spec"]["replicas"].as_i64().ok_or_else(|| {
                             ApiError::invalid_patch("spec.replicas must be an integer")
@@ -364,9 +356,7 @@ async fn object_verb(
             })
             .await;
             match (patched, kind) {
-                (Ok(updated), _) if subresource == Some("scale") => {
-                    Ok(ok(&scale_of(resource, &updated)))
-                }
+                (Ok(updated), _) if subresource == Some("scale") => Ok(ok(&scale_of(&updated))),
                 (Ok(updated), _) => Ok(ok(&updated)),
                 (Err(e), PatchType::Apply) if e.code == 404 && subresource.is_none() => {
                     // Server-side apply of a new object creates it.

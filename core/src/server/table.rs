@@ -162,15 +162,7 @@ fn columns_and_cells(resource: &Resource, object: &Value) -> (Vec<Value>, Vec<Va
                     .as_array()
                     .cloned()
                     .unwrap_or_default();
-                let selector = object["spec"]["selector"]["matchLabels"]
-                    .as_object()
-                    .map(|m| {
-                        m.iter()
-                            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
-                            .collect::<Vec<_>>()
-                            .join(",")
-                    })
-                    .unwrap_or_default();
+                let selector = crate::object::match_labels_string(object);
                 vec![
                     name,
                     json!(format!(

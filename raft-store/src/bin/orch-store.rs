@@ -1,5 +1,6 @@
 //! `orch-store`: run a store member, or a 3-member demo cluster on this machine.
 
+use orch_raft_store::Kv;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;

@@ -22,6 +22,7 @@ use super::{
 use crate::codec::{decode, encode};
 use crate::command::{Command, CommandResult};
 use crate::error::{Result, StoreError};
+use crate::kv::Kv;
 use crate::node::{Leader, StoreNode};
 use crate::types::{LeaseId, MemberStatus, NodeId, RangeRequest, RangeResponse, WatchRequest};
 

@@ -171,7 +171,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         for entry in entries {
             batch.put_cf(log, u64_key(entry.log_id.index), encode(&entry));
         }
-        let result = self.db.write_opt(batch, &self.write_options());
+        // The synced write waits on the disk: do it on a blocking thread so
+        // the runtime's workers keep serving (this member has few of them).
+        let db = self.db.clone();
+        let options = self.write_options();
+        let result = tokio::task::spawn_blocking(move || db.write_opt(batch, &options))
+            .await
+            .map_err(write_err)?;
         match result {
             Ok(()) => {
                 callback.log_io_completed(Ok(()));
