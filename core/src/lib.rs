@@ -10,6 +10,7 @@
 //! `orch-raft-store`'s API and knows nothing of containers or hosts.
 
 pub mod control_plane;
+pub mod defaults;
 pub mod error;
 pub mod object;
 pub mod patch;

@@ -206,6 +206,7 @@ pub fn prepare_create(resource: &Resource, object: &mut Value, url_namespace: Op
         m.remove("managedFields");
         m.remove("selfLink");
     }
+    crate::defaults::apply(resource, object);
 }
 
 /// Carries server-owned metadata from the stored object into an update, and
@@ -232,6 +233,7 @@ pub fn prepare_update(resource: &Resource, old: &Value, new: &mut Value) {
             }
         }
     }
+    crate::defaults::apply(resource, new);
     let generation = old["metadata"]["generation"].as_i64().unwrap_or(1);
     let spec_changed = old.get("spec") != new.get("spec") || old.get("data") != new.get("data");
     new["metadata"]["generation"] = json!(if spec_changed {
