@@ -18,6 +18,7 @@ pub mod registry;
 pub mod resource;
 pub mod selector;
 pub mod server;
+pub mod typed;
 
 pub use control_plane::{ControlPlane, ControlPlaneConfig};
 pub use error::ApiError;

@@ -125,9 +125,7 @@ async fn kubectl_applies_edits_patches_scales_and_deletes_a_multi_document_manif
     std::fs::write(&file, MANIFEST).unwrap();
     let file = file.to_str().unwrap();
 
-    let applied = api
-        .kubectl_ok(&["apply", "--validate=false", "-f", file])
-        .await;
+    let applied = api.kubectl_ok(&["apply", "-f", file]).await;
     for line in [
         "namespace/shop created",
         "configmap/web-config created",
@@ -153,12 +151,7 @@ async fn kubectl_applies_edits_patches_scales_and_deletes_a_multi_document_manif
     let edited_file = api.path("app-edited.yaml");
     std::fs::write(&edited_file, edited).unwrap();
     let reapplied = api
-        .kubectl_ok(&[
-            "apply",
-            "--validate=false",
-            "-f",
-            edited_file.to_str().unwrap(),
-        ])
+        .kubectl_ok(&["apply", "-f", edited_file.to_str().unwrap()])
         .await;
     assert!(
         reapplied.contains("deployment.apps/web configured"),
@@ -327,6 +320,21 @@ async fn kubectl_applies_edits_patches_scales_and_deletes_a_multi_document_manif
         .await;
     assert_eq!(replicas, "5");
 
+    // kubectl leaves field validation to the server, which refuses unknown fields.
+    let typo = api.path("typo.yaml");
+    std::fs::write(&typo, "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: typo\n  namespace: shop\ndatum:\n  a: b\n").unwrap();
+    let refused = api.kubectl(&["apply", "-f", typo.to_str().unwrap()]).await;
+    assert!(
+        !refused.success && refused.stderr.contains("unknown field \"datum\""),
+        "{}",
+        refused.stderr
+    );
+    let absent = api.kubectl(&["get", "cm", "typo", "-n", "shop"]).await;
+    assert!(
+        !absent.success,
+        "nothing was created for the refused manifest"
+    );
+
     // -o yaml round-trips the object.
     let yaml = api
         .kubectl_ok(&["get", "svc", "web", "-n", "shop", "-o", "yaml"])
@@ -362,7 +370,7 @@ async fn kubectl_get_watch_sees_a_change_made_by_another_client() {
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: watched\ndata:\n  a: \"1\"\n",
     )
     .unwrap();
-    api.kubectl_ok(&["apply", "--validate=false", "-f", file.to_str().unwrap()])
+    api.kubectl_ok(&["apply", "-f", file.to_str().unwrap()])
         .await;
     let kubeconfig = api.kubeconfig.clone();
     let watcher = tokio::task::spawn_blocking(move || {

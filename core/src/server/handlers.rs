@@ -36,6 +36,18 @@ fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
         })
 }
 
+/// Checks an incoming or patched object against its kind's type; with
+/// `fieldValidation=Strict`, unknown fields are refused as well.
+fn validate(resource: &Resource, object: &Value, query: &Query) -> Result<(), ApiError> {
+    let strict = query.get("fieldValidation") == Some("Strict");
+    let mut typed = object.clone();
+    if typed.is_object() {
+        typed["kind"] = json!(resource.kind);
+        typed["apiVersion"] = json!(resource.api_version());
+    }
+    crate::typed::check(resource, &typed, strict)
+}
+
 fn ok(value: &Value) -> Response<Body> {
     json_response(StatusCode::OK, value)
 }
@@ -79,7 +91,11 @@ pub(crate) async fn dispatch(
             .header("content-type", "text/plain")
             .body(http_body_util::Full::new(Bytes::from_static(b"ok")).boxed())
             .expect("static response")),
-        Route::OpenApi(path) => Err(ApiError::no_route(&format!("/openapi/{path}"))),
+        Route::OpenApi(path) if path == "v3" => read_only(super::openapi::index()),
+        Route::OpenApi(path) => match path.strip_prefix("v3/") {
+            Some(gv) => read_only(super::openapi::group_version(gv)?),
+            None => Err(ApiError::no_route(&format!("/openapi/{path}"))),
+        },
         Route::Collection {
             resource,
             namespace,
@@ -156,6 +172,7 @@ async fn collection(
         }
         Method::POST => {
             let object = parse_body(&body)?;
+            validate(resource, &object, query)?;
             let created = registry.create(resource, namespace, object).await?;
             Ok(json_response(StatusCode::CREATED, &created))
         }
@@ -264,7 +281,6 @@ async fn object_verb(
     body: Bytes,
 ) -> Result<Response<Body>, ApiError> {
     let registry = server.registry();
-    let _ = query;
     match (&parts.method, subresource) {
         (&Method::GET, None | Some("status")) => {
             let object = registry.get(resource, namespace, name).await?;
@@ -287,6 +303,7 @@ async fn object_verb(
         }
         (&Method::PUT, None) => {
             let object = parse_body(&body)?;
+            validate(resource, &object, query)?;
             Ok(ok(&registry
                 .update(resource, namespace, name, object)
                 .await?))
@@ -352,7 +369,7 @@ async fn object_verb(
                     }
                     _ => patch::apply(kind, current, &body)?,
                 }
-                Ok(())
+                validate(resource, current, query)
             })
             .await;
             match (patched, kind) {
@@ -361,6 +378,7 @@ async fn object_verb(
                 (Err(e), PatchType::Apply) if e.code == 404 && subresource.is_none() => {
                     // Server-side apply of a new object creates it.
                     let object = parse_body(&body)?;
+                    validate(resource, &object, query)?;
                     let created = registry.create(resource, namespace, object).await?;
                     Ok(json_response(StatusCode::CREATED, &created))
                 }

@@ -3,6 +3,7 @@
 
 mod discovery;
 mod handlers;
+mod openapi;
 mod request;
 mod route;
 mod table;
