@@ -9,11 +9,13 @@
 //! Architecture invariant: core talks to the store only through
 //! `orch-raft-store`'s API and knows nothing of containers or hosts.
 
+pub mod admission;
 pub mod control_plane;
 pub mod defaults;
 pub mod error;
 pub mod object;
 pub mod patch;
+pub mod quantity;
 pub mod registry;
 pub mod resource;
 pub mod selector;

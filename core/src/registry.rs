@@ -191,10 +191,14 @@ impl Registry {
                 .to_string();
             object["metadata"]["namespace"] = json!(ns);
             self.check_namespace(&ns).await?;
+            crate::admission::admit_create(self, resource, &ns, &mut object).await?;
             Some(ns)
         } else {
             None
         };
+        if resource.kind == "ResourceQuota" {
+            crate::admission::quota_status(&mut object);
+        }
         if resource.kind == "Namespace" {
             object["status"] = json!({"phase": "Active"});
             object["spec"]["finalizers"] = json!(["kubernetes"]);

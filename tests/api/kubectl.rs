@@ -194,6 +194,36 @@ async fn kubectl_applies_edits_patches_scales_and_deletes_a_multi_document_manif
         .await;
     assert_eq!(greeting, "bonjour");
 
+    // Server-side apply of another edit.
+    let server_side = MANIFEST.replace("greeting: hello", "greeting: hola");
+    let server_side_file = api.path("app-ssa.yaml");
+    std::fs::write(&server_side_file, server_side).unwrap();
+    let applied = api
+        .kubectl_ok(&[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            server_side_file.to_str().unwrap(),
+        ])
+        .await;
+    assert!(
+        applied.contains("configmap/web-config serverside-applied"),
+        "{applied}"
+    );
+    let greeting = api
+        .kubectl_ok(&[
+            "get",
+            "cm",
+            "web-config",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={.data.greeting}",
+        ])
+        .await;
+    assert_eq!(greeting, "hola");
+
     // Labels, annotations, the three patch types, selectors.
     api.kubectl_ok(&["label", "deploy", "web", "-n", "shop", "tier=frontend"])
         .await;

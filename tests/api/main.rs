@@ -1,5 +1,6 @@
 //! The API server driven by the real kubectl (1.32) and by raw requests.
 
+mod admission;
 mod bad_input;
 mod kubectl;
 mod python_client;
