@@ -21,6 +21,7 @@ pub mod resource;
 pub mod selector;
 pub mod server;
 pub mod typed;
+pub mod validation;
 
 pub use control_plane::{ControlPlane, ControlPlaneConfig};
 pub use error::ApiError;

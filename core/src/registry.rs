@@ -184,6 +184,7 @@ impl Registry {
         })?;
         object::prepare_create(resource, &mut object, namespace);
         object::check_identity(resource, &object, namespace)?;
+        crate::validation::check(resource, &object)?;
         let namespace = if resource.namespaced {
             let ns = namespace
                 .or_else(|| object::namespace(&object))
@@ -326,6 +327,7 @@ impl Registry {
         }
         let old = decode(&current)?;
         object::prepare_update(resource, &old, &mut object);
+        crate::validation::check_update(resource, &old, &object)?;
         self.write_if_unchanged(resource, &key, name, expected, object)
             .await
     }

@@ -465,6 +465,7 @@ async fn update_with(
         }
         object::check_identity(resource, &updated, namespace)?;
         object::prepare_update(resource, &current, &mut updated);
+        crate::validation::check_update(resource, &current, &updated)?;
         let key = resource.key(namespace, name);
         match registry
             .write_if_unchanged(resource, &key, name, revision, updated)
