@@ -160,7 +160,10 @@ pub async fn admit_create(
     namespace: &str,
     object: &mut Value,
 ) -> Result<(), ApiError> {
-    let all = ListOptions::default();
+    let all = ListOptions {
+        serializable: true,
+        ..ListOptions::default()
+    };
     if resource.kind == "Pod" {
         let limit_ranges = resource::find("", "v1", "limitranges").expect("served");
         let ranges = registry

@@ -29,6 +29,10 @@ pub struct ListOptions {
     pub continue_token: Option<String>,
     /// `resourceVersion` (list: ignored except for continue; watch: start after it).
     pub resource_version: Option<i64>,
+    /// Read this member's local state without a leadership round (may be
+    /// slightly stale; admission reads policy objects this way, as
+    /// Kubernetes reads them from informer caches).
+    pub serializable: bool,
 }
 
 impl ListOptions {
@@ -134,6 +138,13 @@ impl Registry {
         Ok(resp.kvs.into_iter().next())
     }
 
+    /// Reads a key from this member's local state (serializable).
+    async fn read_local(&self, key: &str) -> Result<Option<KeyValue>, ApiError> {
+        let mut req = RangeRequest::new(KeyRange::key(key));
+        req.serializable = true;
+        Ok(self.store.range(req).await?.kvs.into_iter().next())
+    }
+
     /// Runs `op` if `guard` holds; the new revision, or `None` when the
     /// guard failed (someone else changed the key first).
     async fn guarded(&self, guard: Compare, op: TxnOp) -> Result<Option<i64>, ApiError> {
@@ -151,7 +162,7 @@ impl Registry {
     /// Checks that `namespace` exists and is not terminating.
     async fn check_namespace(&self, namespace: &str) -> Result<(), ApiError> {
         let namespaces = resource::find("", "v1", "namespaces").expect("namespaces are served");
-        match self.read(&namespaces.key(None, namespace)).await? {
+        match self.read_local(&namespaces.key(None, namespace)).await? {
             None => Err(ApiError::not_found("namespaces", namespace)),
             Some(kv) => {
                 let ns = decode(&kv)?;
@@ -266,6 +277,7 @@ impl Registry {
             });
             req.limit = chunk;
             req.revision = list_revision;
+            req.serializable = options.serializable;
             let resp = self.store.range(req).await?;
             if list_revision == 0 {
                 list_revision = resp.revision;

@@ -79,6 +79,7 @@ impl Query {
                 .filter(|c| !c.is_empty())
                 .map(String::from),
             resource_version: parse_int("resourceVersion")?,
+            serializable: false,
         })
     }
 }
