@@ -18,6 +18,7 @@ pub mod error;
 pub mod kv;
 mod lease;
 pub mod member;
+mod membership;
 pub mod network;
 pub mod node;
 mod proposer;
