@@ -158,39 +158,20 @@ async fn kubectl_applies_edits_patches_scales_and_deletes_a_multi_document_manif
         "{reapplied}"
     );
     let env = api
-        .kubectl_ok(&[
-            "get",
+        .jsonpath(
             "deploy",
             "web",
-            "-n",
             "shop",
-            "-o",
-            "jsonpath={.spec.template.spec.containers[0].env[0].value}",
-        ])
+            "{.spec.template.spec.containers[0].env[0].value}",
+        )
         .await;
     assert_eq!(env, "two");
     let generation = api
-        .kubectl_ok(&[
-            "get",
-            "deploy",
-            "web",
-            "-n",
-            "shop",
-            "-o",
-            "jsonpath={.metadata.generation}",
-        ])
+        .jsonpath("deploy", "web", "shop", "{.metadata.generation}")
         .await;
     assert_eq!(generation, "2", "a spec change bumps generation");
     let greeting = api
-        .kubectl_ok(&[
-            "get",
-            "cm",
-            "web-config",
-            "-n",
-            "shop",
-            "-o",
-            "jsonpath={.data.greeting}",
-        ])
+        .jsonpath("cm", "web-config", "shop", "{.data.greeting}")
         .await;
     assert_eq!(greeting, "bonjour");
 
@@ -212,15 +193,7 @@ async fn kubectl_applies_edits_patches_scales_and_deletes_a_multi_document_manif
         "{applied}"
     );
     let greeting = api
-        .kubectl_ok(&[
-            "get",
-            "cm",
-            "web-config",
-            "-n",
-            "shop",
-            "-o",
-            "jsonpath={.data.greeting}",
-        ])
+        .jsonpath("cm", "web-config", "shop", "{.data.greeting}")
         .await;
     assert_eq!(greeting, "hola");
 
@@ -263,15 +236,7 @@ async fn kubectl_applies_edits_patches_scales_and_deletes_a_multi_document_manif
     ])
     .await;
     let labels = api
-        .kubectl_ok(&[
-            "get",
-            "deploy",
-            "web",
-            "-n",
-            "shop",
-            "-o",
-            "jsonpath={.metadata.labels}",
-        ])
+        .jsonpath("deploy", "web", "shop", "{.metadata.labels}")
         .await;
     for pair in [
         r#""tier":"frontend""#,
@@ -281,27 +246,21 @@ async fn kubectl_applies_edits_patches_scales_and_deletes_a_multi_document_manif
         assert!(labels.contains(pair), "{labels}");
     }
     let image = api
-        .kubectl_ok(&[
-            "get",
+        .jsonpath(
             "deploy",
             "web",
-            "-n",
             "shop",
-            "-o",
-            "jsonpath={.spec.template.spec.containers[0].image}",
-        ])
+            "{.spec.template.spec.containers[0].image}",
+        )
         .await;
     assert_eq!(image, "busybox:2");
     let command = api
-        .kubectl_ok(&[
-            "get",
+        .jsonpath(
             "deploy",
             "web",
-            "-n",
             "shop",
-            "-o",
-            "jsonpath={.spec.template.spec.containers[0].command}",
-        ])
+            "{.spec.template.spec.containers[0].command}",
+        )
         .await;
     assert!(
         command.contains("httpd"),
@@ -338,15 +297,7 @@ async fn kubectl_applies_edits_patches_scales_and_deletes_a_multi_document_manif
     api.kubectl_ok(&["scale", "deployment", "web", "-n", "shop", "--replicas=5"])
         .await;
     let replicas = api
-        .kubectl_ok(&[
-            "get",
-            "deploy",
-            "web",
-            "-n",
-            "shop",
-            "-o",
-            "jsonpath={.spec.replicas}",
-        ])
+        .jsonpath("deploy", "web", "shop", "{.spec.replicas}")
         .await;
     assert_eq!(replicas, "5");
 

@@ -97,6 +97,13 @@ impl TestApi {
         out.stdout
     }
 
+    /// `kubectl get KIND NAME -n NAMESPACE -o jsonpath=PATH`.
+    pub async fn jsonpath(&self, kind: &str, name: &str, namespace: &str, path: &str) -> String {
+        let path = format!("jsonpath={path}");
+        self.kubectl_ok(&["get", kind, name, "-n", namespace, "-o", &path])
+            .await
+    }
+
     /// Sends a raw HTTP/1.1 request; returns (status, JSON body).
     pub async fn request(
         &self,
