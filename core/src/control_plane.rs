@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use orch_raft_store::{NodeConfig, StoreNode};
 use serde_json::json;
@@ -32,7 +33,9 @@ pub struct ControlPlaneConfig {
 pub struct ControlPlane {
     /// The store member.
     pub store: StoreNode,
-    /// The API server.
+    /// The API server, for in-process clients.
+    pub server: Arc<ApiServer>,
+    /// The API server's listener.
     pub api: ServerHandle,
 }
 
@@ -49,8 +52,14 @@ impl ControlPlane {
         let registry = Registry::new(store.clone());
         ensure_namespaces(&registry).await?;
         let listener = TcpListener::bind(config.api_addr).await?;
-        let api = server::serve(listener, ApiServer::new(registry))?;
-        Ok(ControlPlane { store, api })
+        let server = ApiServer::new(registry);
+        let api = server::serve(listener, server.clone())?;
+        Ok(ControlPlane { store, server, api })
+    }
+
+    /// A client calling this control plane's handlers in-process.
+    pub fn client(&self) -> crate::Client {
+        crate::Client::in_process(self.server.clone())
     }
 
     /// Stops the API server and the store member.

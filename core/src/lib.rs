@@ -10,6 +10,7 @@
 //! `orch-raft-store`'s API and knows nothing of containers or hosts.
 
 pub mod admission;
+pub mod client;
 pub mod control_plane;
 pub mod defaults;
 pub mod error;
@@ -23,6 +24,7 @@ pub mod server;
 pub mod typed;
 pub mod validation;
 
+pub use client::Client;
 pub use control_plane::{ControlPlane, ControlPlaneConfig};
 pub use error::ApiError;
 pub use registry::Registry;

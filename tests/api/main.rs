@@ -2,5 +2,6 @@
 
 mod admission;
 mod bad_input;
+mod client;
 mod kubectl;
 mod python_client;

@@ -28,6 +28,8 @@ use crate::registry::Registry;
 
 pub use route::{parse as parse_route, Route};
 
+pub(crate) use handlers::dispatch;
+
 pub(crate) type Body = BoxBody<Bytes, Infallible>;
 
 /// Largest request body accepted (etcd's value limit plus room for the

@@ -1,0 +1,367 @@
+//! The typed client of the API, with two transports: in-process (requests
+//! go straight to the API server's handlers, no socket: for embedding and
+//! for control loops on the leader) and HTTP (for remote agents and tools).
+//! Both run the same handler code, so they behave the same.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::Method;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use k8s_openapi::Resource as K8sResource;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::error::ApiError;
+use crate::patch::PatchType;
+use crate::registry::EventType;
+use crate::resource;
+use crate::server::ApiServer;
+
+type Body = BoxBody<Bytes, ApiError>;
+
+enum Transport {
+    InProcess(Arc<ApiServer>),
+    Http {
+        base: String,
+        http: hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>,
+    },
+}
+
+/// A typed client of the Kubernetes API served by orch. Cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    transport: Arc<Transport>,
+}
+
+fn reason_of(reason: &str) -> &'static str {
+    match reason {
+        "BadRequest" => "BadRequest",
+        "NotFound" => "NotFound",
+        "AlreadyExists" => "AlreadyExists",
+        "Conflict" => "Conflict",
+        "Invalid" => "Invalid",
+        "Forbidden" => "Forbidden",
+        "Expired" | "Gone" => "Expired",
+        "RequestEntityTooLarge" => "RequestEntityTooLarge",
+        "MethodNotAllowed" => "MethodNotAllowed",
+        "UnsupportedMediaType" => "UnsupportedMediaType",
+        "ServiceUnavailable" => "ServiceUnavailable",
+        _ => "InternalError",
+    }
+}
+
+/// Turns a `Status` body back into an [`ApiError`].
+fn error_from_status(code: u16, body: &[u8]) -> ApiError {
+    let status: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    ApiError {
+        code,
+        reason: reason_of(status["reason"].as_str().unwrap_or("")),
+        message: status["message"]
+            .as_str()
+            .unwrap_or("request failed")
+            .to_string(),
+        details: None,
+        causes: Vec::new(),
+    }
+}
+
+/// The collection path of kind `K` (in `namespace` when namespaced).
+fn collection_path<K: K8sResource>(namespace: Option<&str>) -> Result<String, ApiError> {
+    let served = resource::find(K::GROUP, K::VERSION, K::URL_PATH_SEGMENT)
+        .ok_or_else(|| ApiError::bad_request(format!("{} is not served by orch", K::KIND)))?;
+    let base = if K::GROUP.is_empty() {
+        format!("/api/{}", K::VERSION)
+    } else {
+        format!("/apis/{}/{}", K::GROUP, K::VERSION)
+    };
+    Ok(match (served.namespaced, namespace) {
+        (true, Some(ns)) => format!("{base}/namespaces/{ns}/{}", K::URL_PATH_SEGMENT),
+        (true, None) => {
+            return Err(ApiError::bad_request(format!(
+                "{} is namespaced: a namespace is required",
+                K::KIND
+            )))
+        }
+        (false, _) => format!("{base}/{}", K::URL_PATH_SEGMENT),
+    })
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+impl Client {
+    /// A client that calls the API server's handlers directly.
+    pub fn in_process(server: Arc<ApiServer>) -> Self {
+        Client {
+            transport: Arc::new(Transport::InProcess(server)),
+        }
+    }
+
+    /// A client of the API at `addr` (`host:port`, plain HTTP).
+    pub fn http(addr: impl Into<String>) -> Self {
+        let http = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .build(HttpConnector::new());
+        Client {
+            transport: Arc::new(Transport::Http {
+                base: format!("http://{}", addr.into()),
+                http,
+            }),
+        }
+    }
+
+    /// Sends a request; an error status becomes an [`ApiError`].
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Result<Body, ApiError> {
+        match &*self.transport {
+            Transport::InProcess(server) => {
+                let (parts, ()) = hyper::Request::builder()
+                    .method(method)
+                    .uri(path)
+                    .header("content-type", content_type)
+                    .body(())
+                    .map_err(|e| ApiError::bad_request(e.to_string()))?
+                    .into_parts();
+                let response = crate::server::dispatch(server, &parts, Bytes::from(body)).await?;
+                let status = response.status().as_u16();
+                let body = response.into_body().map_err(|never| match never {}).boxed();
+                if status >= 400 {
+                    let bytes = body.collect().await?.to_bytes();
+                    return Err(error_from_status(status, &bytes));
+                }
+                Ok(body)
+            }
+            Transport::Http { base, http } => {
+                let request = hyper::Request::builder()
+                    .method(method)
+                    .uri(format!("{base}{path}"))
+                    .header("content-type", content_type)
+                    .body(Full::new(Bytes::from(body)))
+                    .map_err(|e| ApiError::bad_request(e.to_string()))?;
+                let response = http
+                    .request(request)
+                    .await
+                    .map_err(|e| ApiError::unavailable(format!("API server unreachable: {e}")))?;
+                let status = response.status().as_u16();
+                let body = response
+                    .into_body()
+                    .map_err(|e| ApiError::unavailable(format!("reading the answer: {e}")))
+                    .boxed();
+                if status >= 400 {
+                    let bytes = body.collect().await?.to_bytes();
+                    return Err(error_from_status(status, &bytes));
+                }
+                Ok(body)
+            }
+        }
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Result<T, ApiError> {
+        let bytes = self
+            .send(method, path, content_type, body)
+            .await?
+            .collect()
+            .await?
+            .to_bytes();
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::internal(format!("undecodable answer: {e}")))
+    }
+
+    /// Creates an object.
+    pub async fn create<K: K8sResource + Serialize + DeserializeOwned>(
+        &self,
+        namespace: Option<&str>,
+        object: &K,
+    ) -> Result<K, ApiError> {
+        let body = serde_json::to_vec(object).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        self.call(
+            Method::POST,
+            &collection_path::<K>(namespace)?,
+            "application/json",
+            body,
+        )
+        .await
+    }
+
+    /// Reads an object.
+    pub async fn get<K: K8sResource + DeserializeOwned>(
+        &self,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<K, ApiError> {
+        let path = format!("{}/{name}", collection_path::<K>(namespace)?);
+        self.call(Method::GET, &path, "application/json", Vec::new())
+            .await
+    }
+
+    /// Lists objects, optionally by label selector; returns them with the
+    /// list's resourceVersion (to watch from).
+    pub async fn list<K: K8sResource + DeserializeOwned>(
+        &self,
+        namespace: Option<&str>,
+        label_selector: Option<&str>,
+    ) -> Result<(Vec<K>, String), ApiError> {
+        let mut path = collection_path::<K>(namespace)?;
+        if let Some(selector) = label_selector {
+            path = format!("{path}?labelSelector={}", percent_encode(selector));
+        }
+        let list: Value = self
+            .call(Method::GET, &path, "application/json", Vec::new())
+            .await?;
+        let rv = list["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        let items = serde_json::from_value(list["items"].clone())
+            .map_err(|e| ApiError::internal(format!("undecodable list: {e}")))?;
+        Ok((items, rv))
+    }
+
+    /// Replaces an object (optimistic concurrency on its resourceVersion).
+    pub async fn replace<K: K8sResource + Serialize + DeserializeOwned>(
+        &self,
+        namespace: Option<&str>,
+        name: &str,
+        object: &K,
+    ) -> Result<K, ApiError> {
+        let path = format!("{}/{name}", collection_path::<K>(namespace)?);
+        let body = serde_json::to_vec(object).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        self.call(Method::PUT, &path, "application/json", body)
+            .await
+    }
+
+    /// Patches an object (`subresource` e.g. `status`).
+    pub async fn patch<K: K8sResource + DeserializeOwned>(
+        &self,
+        namespace: Option<&str>,
+        name: &str,
+        subresource: Option<&str>,
+        kind: PatchType,
+        patch: &Value,
+    ) -> Result<K, ApiError> {
+        let mut path = format!("{}/{name}", collection_path::<K>(namespace)?);
+        if let Some(sub) = subresource {
+            path = format!("{path}/{sub}");
+        }
+        let content_type = match kind {
+            PatchType::Json => "application/json-patch+json",
+            PatchType::Merge => "application/merge-patch+json",
+            PatchType::Strategic => "application/strategic-merge-patch+json",
+            PatchType::Apply => "application/apply-patch+yaml",
+        };
+        self.call(
+            Method::PATCH,
+            &path,
+            content_type,
+            patch.to_string().into_bytes(),
+        )
+        .await
+    }
+
+    /// Deletes an object.
+    pub async fn delete<K: K8sResource>(
+        &self,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<(), ApiError> {
+        let path = format!("{}/{name}", collection_path::<K>(namespace)?);
+        let _: Value = self
+            .call(Method::DELETE, &path, "application/json", Vec::new())
+            .await?;
+        Ok(())
+    }
+
+    /// Watches objects after `resource_version` (empty: current objects
+    /// first, as ADDED). Bookmarks are skipped.
+    pub async fn watch<K: K8sResource + DeserializeOwned + Send + 'static>(
+        &self,
+        namespace: Option<&str>,
+        resource_version: &str,
+    ) -> Result<impl Stream<Item = Result<(EventType, K), ApiError>> + Send + 'static, ApiError>
+    {
+        let path = format!(
+            "{}?watch=1&resourceVersion={}",
+            collection_path::<K>(namespace)?,
+            percent_encode(resource_version)
+        );
+        let body = self
+            .send(Method::GET, &path, "application/json", Vec::new())
+            .await?;
+        let lines = futures::stream::unfold(
+            (body, Vec::<u8>::new()),
+            |(mut body, mut buffer)| async move {
+                loop {
+                    if let Some(end) = buffer.iter().position(|b| *b == b'\n') {
+                        let line: Vec<u8> = buffer.drain(..=end).collect();
+                        return Some((Ok(line), (body, buffer)));
+                    }
+                    match body.frame().await {
+                        Some(Ok(frame)) => {
+                            if let Ok(data) = frame.into_data() {
+                                buffer.extend_from_slice(&data);
+                            }
+                        }
+                        Some(Err(e)) => return Some((Err(e), (body, buffer))),
+                        None => return None,
+                    }
+                }
+            },
+        );
+        Ok(lines.filter_map(|line| async move {
+            let line = match line {
+                Ok(line) => line,
+                Err(e) => return Some(Err(e)),
+            };
+            let event: Value = match serde_json::from_slice(&line) {
+                Ok(v) => v,
+                Err(e) => {
+                    return Some(Err(ApiError::internal(format!(
+                        "undecodable watch event: {e}"
+                    ))))
+                }
+            };
+            let kind = match event["type"].as_str() {
+                Some("ADDED") => EventType::Added,
+                Some("MODIFIED") => EventType::Modified,
+                Some("DELETED") => EventType::Deleted,
+                Some("ERROR") => {
+                    let code = event["object"]["code"].as_u64().unwrap_or(500) as u16;
+                    return Some(Err(error_from_status(
+                        code,
+                        event["object"].to_string().as_bytes(),
+                    )));
+                }
+                _ => return None,
+            };
+            Some(
+                serde_json::from_value::<K>(event["object"].clone())
+                    .map(|object| (kind, object))
+                    .map_err(|e| ApiError::internal(format!("undecodable watch object: {e}"))),
+            )
+        }))
+    }
+}
