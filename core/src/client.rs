@@ -29,7 +29,7 @@ enum Transport {
     InProcess(Arc<ApiServer>),
     Http {
         base: String,
-        http: hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>,
+        http: Box<hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>>,
     },
 }
 
