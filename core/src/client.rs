@@ -113,8 +113,10 @@ impl Client {
 
     /// A client of the API at `addr` (`host:port`, plain HTTP).
     pub fn http(addr: impl Into<String>) -> Self {
-        let http = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-            .build(HttpConnector::new());
+        let http = Box::new(
+            hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+                .build(HttpConnector::new()),
+        );
         Client {
             transport: Arc::new(Transport::Http {
                 base: format!("http://{}", addr.into()),
