@@ -119,7 +119,21 @@ async fn watch_continues_exactly_across_leader_change_and_restart_of_its_member(
         written += count;
         async move {
             for i in from..from + count {
-                writer.put(format!("ev/{i:05}"), "v").await.unwrap();
+                let key = format!("ev/{i:05}");
+                // A write cut off by the failover has an unknown fate: a
+                // linearizable read tells whether it was applied before
+                // trying again, so every key is written exactly once.
+                loop {
+                    match writer.put(key.clone(), "v").await {
+                        Ok(_) => break,
+                        Err(StoreError::Unavailable(_)) => {
+                            if writer.get(key.clone()).await.unwrap().is_some() {
+                                break;
+                            }
+                        }
+                        Err(e) => panic!("writing {key}: {e}"),
+                    }
+                }
             }
         }
     };

@@ -6,9 +6,10 @@
 // it is large, and boxing it is not ours to choose.
 #![allow(clippy::result_large_err)]
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{Entry, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote};
@@ -25,11 +26,21 @@ const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";
 const KEY_PURGED: &[u8] = b"purged";
 
+/// How many of the latest entries stay in memory.
+const RECENT_ENTRIES: usize = 4096;
+
 /// The log store; cheap to clone (it doubles as the log reader).
+///
+/// The latest entries are also kept in memory: the leader replicates what it
+/// has just appended, and reading those back from RocksDB and decoding them
+/// again cost more than keeping them. The cache always ends at the last log
+/// entry (truncate and purge trim it too), so a range it covers is served
+/// from memory and anything older from RocksDB.
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<DB>,
     fsync: bool,
+    recent: Arc<Mutex<BTreeMap<u64, Entry<TypeConfig>>>>,
 }
 
 fn read_err(e: impl std::fmt::Display) -> StorageError<NodeId> {
@@ -43,7 +54,11 @@ fn write_err(e: impl std::fmt::Display) -> StorageError<NodeId> {
 impl LogStore {
     /// A log store over an open database.
     pub fn new(db: Arc<DB>, fsync: bool) -> Self {
-        LogStore { db, fsync }
+        LogStore {
+            db,
+            fsync,
+            recent: Arc::new(Mutex::new(BTreeMap::new())),
+        }
     }
 
     fn write_options(&self) -> WriteOptions {
@@ -75,6 +90,27 @@ impl LogStore {
             .map_err(write_err)
     }
 
+    /// The entries of `range` if the in-memory cache holds all of them.
+    fn read_recent<RB: RangeBounds<u64>>(
+        &self,
+        range: &RB,
+        start: u64,
+    ) -> Option<Vec<Entry<TypeConfig>>> {
+        let recent = self.recent.lock().expect("log cache lock");
+        let (&first, _) = recent.first_key_value()?;
+        if start < first {
+            return None;
+        }
+        let entries: Vec<Entry<TypeConfig>> = recent
+            .range((range.start_bound().cloned(), range.end_bound().cloned()))
+            .map(|(_, e)| e.clone())
+            .collect();
+        let contiguous = entries
+            .windows(2)
+            .all(|w| w[1].log_id.index == w[0].log_id.index + 1);
+        contiguous.then_some(entries)
+    }
+
     fn last_log_id(&self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
         let mut iter = self
             .db
@@ -100,6 +136,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(n) => n + 1,
             Bound::Unbounded => 0,
         };
+        if let Some(entries) = self.read_recent(&range, start) {
+            return Ok(entries);
+        }
         let mut entries = Vec::new();
         let iter = self.db.iterator_cf(
             cf(&self.db, CF_LOG),
@@ -166,10 +205,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
         let log = cf(&self.db, CF_LOG);
         let mut batch = WriteBatch::default();
-        for entry in entries {
-            batch.put_cf(log, u64_key(entry.log_id.index), encode(&entry));
+        for entry in &entries {
+            batch.put_cf(log, u64_key(entry.log_id.index), encode(entry));
         }
         // The synced write waits on the disk: do it on a blocking thread so
         // the runtime's workers keep serving (this member has few of them).
@@ -178,6 +218,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let result = tokio::task::spawn_blocking(move || db.write_opt(batch, &options))
             .await
             .map_err(write_err)?;
+        if result.is_ok() {
+            let mut recent = self.recent.lock().expect("log cache lock");
+            for entry in entries {
+                recent.insert(entry.log_id.index, entry);
+            }
+            while recent.len() > RECENT_ENTRIES {
+                recent.pop_first();
+            }
+        }
         match result {
             Ok(()) => {
                 callback.log_io_completed(Ok(()));
@@ -192,6 +241,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         tracing::debug!(%log_id, "truncating log");
+        self.recent
+            .lock()
+            .expect("log cache lock")
+            .split_off(&log_id.index);
         let mut batch = WriteBatch::default();
         batch.delete_range_cf(
             cf(&self.db, CF_LOG),
@@ -205,6 +258,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         tracing::debug!(%log_id, "purging log");
+        {
+            let mut recent = self.recent.lock().expect("log cache lock");
+            let kept = recent.split_off(&(log_id.index + 1));
+            *recent = kept;
+        }
         let mut batch = WriteBatch::default();
         batch.put_cf(cf(&self.db, CF_RAFT_META), KEY_PURGED, encode(&log_id));
         batch.delete_range_cf(cf(&self.db, CF_LOG), u64_key(0), u64_key(log_id.index + 1));
