@@ -12,6 +12,7 @@
 pub mod admission;
 pub mod client;
 pub mod control_plane;
+pub mod controller;
 pub mod defaults;
 pub mod error;
 pub mod object;
