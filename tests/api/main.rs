@@ -3,5 +3,6 @@
 mod admission;
 mod bad_input;
 mod client;
+mod informer;
 mod kubectl;
 mod python_client;

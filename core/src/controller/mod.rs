@@ -1,7 +1,9 @@
-//! The control-loop runtime (in progress): the work queue every loop uses.
-//! Informers, the runner and leader-bound start/stop come with the
-//! control-loop work.
+//! The control-loop runtime (in progress): informers (list + watch into a
+//! cache) and the work queue every loop uses. The runner and leader-bound
+//! start/stop come with the control-loop work.
 
+pub mod informer;
 pub mod queue;
 
+pub use informer::{Cache, ObjectKey};
 pub use queue::{Backoff, Queue};
