@@ -17,7 +17,6 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -72,42 +71,12 @@ impl ServerHandle {
 /// Serves the API on `listener` until the handle is shut down.
 pub fn serve(listener: TcpListener, server: Arc<ApiServer>) -> std::io::Result<ServerHandle> {
     let addr = listener.local_addr()?;
-    let (stop, _) = watch::channel(false);
-    let mut stopped = stop.subscribe();
-    let stop_for_conns = stop.clone();
-    let task = tokio::spawn(async move {
-        loop {
-            let (stream, peer) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        continue;
-                    }
-                },
-                _ = stopped.wait_for(|s| *s) => return,
-            };
-            let _ = stream.set_nodelay(true);
-            let server = server.clone();
-            let mut conn_stopped = stop_for_conns.subscribe();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| {
-                    let server = server.clone();
-                    async move { Ok::<_, Infallible>(handle(server, req).await) }
-                });
-                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                let conn = builder.serve_connection(TokioIo::new(stream), service);
-                tokio::select! {
-                    result = conn => {
-                        if let Err(e) = result {
-                            tracing::debug!(%peer, error = %e, "connection ended");
-                        }
-                    }
-                    _ = conn_stopped.wait_for(|s| *s) => {}
-                }
-            });
-        }
-    });
+    let (stop, stopped) = watch::channel(false);
+    let task = tokio::spawn(orch_raft_store::network::serve_http(
+        listener,
+        stopped,
+        move |req| handle(server.clone(), req),
+    ));
     Ok(ServerHandle { addr, stop, task })
 }
 

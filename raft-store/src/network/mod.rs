@@ -24,6 +24,7 @@
 
 mod fault;
 mod http;
+mod http_server;
 mod raft_network;
 pub mod server;
 
@@ -36,6 +37,7 @@ use serde::{Deserialize, Serialize};
 
 pub use fault::{FaultRules, FaultyTransport};
 pub use http::HttpTransport;
+pub use http_server::serve_http;
 pub use raft_network::NetworkFactory;
 
 use crate::types::NodeId;

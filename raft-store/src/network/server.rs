@@ -8,7 +8,6 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::net::TcpListener;
@@ -34,39 +33,8 @@ const MAX_RAFT_BODY: usize = 256 << 20;
 /// Accepts connections until the member shuts down; then every open
 /// connection is dropped (its socket closed).
 pub async fn serve(listener: TcpListener, node: StoreNode) {
-    let mut shutdown = node.inner.shutdown.subscribe();
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = shutdown.wait_for(|stop| *stop) => return,
-        };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let node = node.clone();
-        let mut shutdown = node.inner.shutdown.subscribe();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let node = node.clone();
-                async move { Ok::<_, Infallible>(handle(node, req).await) }
-            });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::select! {
-                result = conn => {
-                    if let Err(e) = result {
-                        tracing::debug!(%peer, error = %e, "connection ended");
-                    }
-                }
-                _ = shutdown.wait_for(|stop| *stop) => {}
-            }
-        });
-    }
+    let stop = node.inner.shutdown.subscribe();
+    super::serve_http(listener, stop, move |req| handle(node.clone(), req)).await
 }
 
 fn full(status: StatusCode, bytes: Vec<u8>) -> Response<Body> {
