@@ -122,9 +122,10 @@ pub fn check_dns1123_label(value: &str) -> Option<String> {
     check_dns1123_subdomain(value)
 }
 
-/// Checks the object's identity against the URL: kind and apiVersion match
-/// the resource, name valid, namespace consistent. Returns the name.
-pub fn check_identity(
+/// Checks what a body says about itself against the URL: a JSON object,
+/// of the resource's kind and apiVersion (where it names them), in the URL's
+/// namespace (where it names one).
+pub fn check_envelope(
     resource: &Resource,
     object: &Value,
     url_namespace: Option<&str>,
@@ -145,19 +146,6 @@ pub fn check_identity(
             resource.kind
         )));
     }
-    let name = name(object);
-    let mut causes = Vec::new();
-    let complaint = if resource.kind == "Namespace" || resource.kind == "Service" {
-        check_dns1123_label(name)
-    } else {
-        check_dns1123_subdomain(name)
-    };
-    if let Some(message) = complaint {
-        causes.push(FieldCause {
-            field: "metadata.name".into(),
-            message,
-        });
-    }
     if resource.namespaced {
         if let (Some(url_ns), Some(body_ns)) = (url_namespace, namespace(object)) {
             if url_ns != body_ns {
@@ -167,11 +155,40 @@ pub fn check_identity(
             }
         }
     }
-    if causes.is_empty() {
-        Ok(())
+    Ok(())
+}
+
+/// Checks `metadata.name`: a DNS-1123 label for namespaces and services, a
+/// DNS-1123 subdomain otherwise.
+pub fn check_name(resource: &Resource, object: &Value) -> Result<(), ApiError> {
+    let name = name(object);
+    let complaint = if resource.kind == "Namespace" || resource.kind == "Service" {
+        check_dns1123_label(name)
     } else {
-        Err(ApiError::invalid(resource.kind, name, causes))
+        check_dns1123_subdomain(name)
+    };
+    match complaint {
+        None => Ok(()),
+        Some(message) => Err(ApiError::invalid(
+            resource.kind,
+            name,
+            vec![FieldCause {
+                field: "metadata.name".into(),
+                message,
+            }],
+        )),
     }
+}
+
+/// Checks the object's identity against the URL: [`check_envelope`], then
+/// [`check_name`].
+pub fn check_identity(
+    resource: &Resource,
+    object: &Value,
+    url_namespace: Option<&str>,
+) -> Result<(), ApiError> {
+    check_envelope(resource, object, url_namespace)?;
+    check_name(resource, object)
 }
 
 /// Fills what the server owns on create: kind/apiVersion, namespace,

@@ -186,15 +186,11 @@ impl Registry {
         namespace: Option<&str>,
         mut object: Value,
     ) -> Result<Value, ApiError> {
-        object::check_identity(resource, &object, namespace).or_else(|e| {
-            if object::name(&object).is_empty() && object["metadata"]["generateName"].is_string() {
-                Ok(())
-            } else {
-                Err(e)
-            }
-        })?;
+        // The envelope is checked as sent; the name once generateName had
+        // its turn.
+        object::check_envelope(resource, &object, namespace)?;
         object::prepare_create(resource, &mut object, namespace);
-        object::check_identity(resource, &object, namespace)?;
+        object::check_name(resource, &object)?;
         crate::validation::check(resource, &object)?;
         let namespace = if resource.namespaced {
             let ns = namespace

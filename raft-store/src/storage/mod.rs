@@ -177,6 +177,25 @@ fn open_db(path: &Path, create: bool) -> Result<DB, StoreError> {
     })
 }
 
+/// Reads and decodes one `raft_meta` value (the type's default when absent),
+/// from the live database or from a RocksDB snapshot of it.
+pub fn read_meta<T: serde::de::DeserializeOwned + Default>(
+    db: &DB,
+    snapshot: Option<&rocksdb::Snapshot<'_>>,
+    key: &[u8],
+) -> Result<T, StoreError> {
+    let family = cf(db, CF_RAFT_META);
+    let bytes = match snapshot {
+        Some(snapshot) => snapshot.get_cf(family, key),
+        None => db.get_cf(family, key),
+    }
+    .map_err(|e| StoreError::storage("reading metadata", e))?;
+    match bytes {
+        Some(bytes) => crate::codec::decode(&bytes, "metadata"),
+        None => Ok(T::default()),
+    }
+}
+
 /// Looks up a column family that [`open_data_dir`] always creates.
 pub fn cf<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {
     db.cf_handle(name)

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use rocksdb::{DBIteratorWithThreadMode, IteratorMode, ReadOptions, WriteBatch, DB};
 use serde::{Deserialize, Serialize};
 
-use super::{cf, CF_HISTORY, CF_LEASE, CF_RAFT_META, CF_STATE};
+use super::{cf, read_meta, CF_HISTORY, CF_LEASE, CF_RAFT_META, CF_STATE};
 use crate::codec::{decode, encode, u64_key};
 use crate::command::{Command, CommandResult};
 use crate::error::{Result, StoreError};
@@ -50,8 +50,8 @@ pub struct MvccState {
 impl MvccState {
     /// Loads counters and leases from the database.
     pub fn load(db: &DB) -> Result<Self> {
-        let revision = read_meta_i64(db, KEY_REVISION)?;
-        let compacted = read_meta_i64(db, KEY_COMPACTED)?;
+        let revision = read_meta(db, None, KEY_REVISION)?;
+        let compacted = read_meta(db, None, KEY_COMPACTED)?;
         let mut leases = BTreeMap::new();
         for item in db.iterator_cf(cf(db, CF_LEASE), IteratorMode::Start) {
             let (key, value) = item.map_err(|e| StoreError::storage("reading leases", e))?;
@@ -63,16 +63,6 @@ impl MvccState {
             compacted,
             leases,
         })
-    }
-}
-
-fn read_meta_i64(db: &DB, key: &[u8]) -> Result<i64> {
-    match db
-        .get_cf(cf(db, CF_RAFT_META), key)
-        .map_err(|e| StoreError::storage("reading state metadata", e))?
-    {
-        Some(bytes) => decode(&bytes, "state metadata"),
-        None => Ok(0),
     }
 }
 
@@ -557,8 +547,8 @@ where
 pub fn read_range(db: &DB, req: &RangeRequest) -> Result<RangeResponse> {
     req.range.validate()?;
     let snap = db.snapshot();
-    let revision: Revision = snapshot_meta_i64(&snap, db, KEY_REVISION)?;
-    let compacted: Revision = snapshot_meta_i64(&snap, db, KEY_COMPACTED)?;
+    let revision: Revision = read_meta(db, Some(&snap), KEY_REVISION)?;
+    let compacted: Revision = read_meta(db, Some(&snap), KEY_COMPACTED)?;
     if req.revision > revision {
         return Err(StoreError::FutureRevision {
             requested: req.revision,
@@ -614,16 +604,6 @@ pub fn read_range(db: &DB, req: &RangeRequest) -> Result<RangeResponse> {
     })
 }
 
-fn snapshot_meta_i64(snap: &rocksdb::Snapshot<'_>, db: &DB, key: &[u8]) -> Result<i64> {
-    match snap
-        .get_cf(cf(db, CF_RAFT_META), key)
-        .map_err(|e| StoreError::storage("reading state metadata", e))?
-    {
-        Some(bytes) => decode(&bytes, "state metadata"),
-        None => Ok(0),
-    }
-}
-
 /// History between two revisions (inclusive), grouped by revision, read from
 /// one consistent snapshot; also returns the snapshot's current and compacted
 /// revisions so the caller knows how far the replay reaches.
@@ -641,8 +621,8 @@ pub struct HistoryRead {
 /// last one).
 pub fn read_history(db: &DB, from: Revision, max_revisions: usize) -> Result<HistoryRead> {
     let snap = db.snapshot();
-    let revision = snapshot_meta_i64(&snap, db, KEY_REVISION)?;
-    let compacted = snapshot_meta_i64(&snap, db, KEY_COMPACTED)?;
+    let revision = read_meta(db, Some(&snap), KEY_REVISION)?;
+    let compacted = read_meta(db, Some(&snap), KEY_COMPACTED)?;
     let mut revisions: Vec<(Revision, Vec<Event>)> = Vec::new();
     if from < compacted {
         return Ok(HistoryRead {

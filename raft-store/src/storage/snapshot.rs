@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::mvcc::{history_key, LeaseRecord, KEY_COMPACTED, KEY_REVISION};
 use super::state_machine::{KEY_APPLIED, KEY_MEMBERSHIP};
-use super::{cf, CF_HISTORY, CF_LEASE, CF_RAFT_META, CF_STATE};
+use super::{cf, read_meta, CF_HISTORY, CF_LEASE, CF_RAFT_META, CF_STATE};
 use crate::codec::{decode, encode, read_u64_key, u64_key};
 use crate::error::{Result, StoreError};
 use crate::types::{Event, KeyValue, LeaseId, NodeId, Revision};
@@ -44,28 +44,14 @@ pub struct StateDump {
     pub history: Vec<Event>,
 }
 
-fn meta<T: serde::de::DeserializeOwned + Default>(
-    snap: &rocksdb::Snapshot<'_>,
-    db: &DB,
-    key: &[u8],
-) -> Result<T> {
-    match snap
-        .get_cf(cf(db, CF_RAFT_META), key)
-        .map_err(|e| StoreError::storage("reading snapshot metadata", e))?
-    {
-        Some(bytes) => decode(&bytes, "snapshot metadata"),
-        None => Ok(T::default()),
-    }
-}
-
 /// Reads the whole state machine from one consistent RocksDB snapshot.
 pub fn dump(db: &DB) -> Result<StateDump> {
     let snap = db.snapshot();
     let mut out = StateDump {
-        applied: meta(&snap, db, KEY_APPLIED)?,
-        membership: meta(&snap, db, KEY_MEMBERSHIP)?,
-        revision: meta(&snap, db, KEY_REVISION)?,
-        compacted: meta(&snap, db, KEY_COMPACTED)?,
+        applied: read_meta(db, Some(&snap), KEY_APPLIED)?,
+        membership: read_meta(db, Some(&snap), KEY_MEMBERSHIP)?,
+        revision: read_meta(db, Some(&snap), KEY_REVISION)?,
+        compacted: read_meta(db, Some(&snap), KEY_COMPACTED)?,
         ..StateDump::default()
     };
     for item in snap.iterator_cf(cf(db, CF_STATE), IteratorMode::Start) {

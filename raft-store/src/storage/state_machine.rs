@@ -23,7 +23,7 @@ use rocksdb::{WriteOptions, DB};
 use super::mvcc::{Applier, MvccState};
 use super::snapshot::{decode_framed, dump, encode_framed, load};
 use super::{cf, CF_RAFT_META};
-use crate::codec::{decode, encode};
+use crate::codec::encode;
 use crate::command::BatchResult;
 use crate::error::StoreError;
 use crate::types::NodeId;
@@ -83,14 +83,7 @@ impl StateMachine {
         &self,
         key: &[u8],
     ) -> Result<T, StorageError<NodeId>> {
-        match self
-            .db
-            .get_cf(cf(&self.db, CF_RAFT_META), key)
-            .map_err(sm_read_err)?
-        {
-            Some(bytes) => decode(&bytes, "state machine metadata").map_err(sm_read_err),
-            None => Ok(T::default()),
-        }
+        super::read_meta(&self.db, None, key).map_err(sm_read_err)
     }
 }
 
