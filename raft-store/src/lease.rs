@@ -8,9 +8,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-
-use crate::codec::{decode, encode};
 use crate::command::Command;
 use crate::error::{Result, StoreError};
 use crate::network::PATH_KEEPALIVE;
@@ -90,20 +87,12 @@ pub(crate) async fn keep_alive(node: &StoreNode, id: LeaseId) -> Result<i64> {
         match node.wait_for_leader(deadline).await? {
             Leader::Local => return keep_alive_local(node, id),
             Leader::Remote(leader, addr) => {
-                let body = Bytes::from(encode(&id));
+                let timeout = node.inner.config.rpc_timeout;
                 match node
-                    .inner
-                    .transport
-                    .call(
-                        leader,
-                        &addr,
-                        PATH_KEEPALIVE,
-                        body,
-                        node.inner.config.rpc_timeout,
-                    )
+                    .call_member(leader, &addr, PATH_KEEPALIVE, &id, timeout)
                     .await
                 {
-                    Ok(bytes) => match decode::<Result<i64>>(&bytes, "keep-alive answer")? {
+                    Ok(answer) => match answer {
                         Err(StoreError::NotLeader { .. }) => {}
                         other => return other,
                     },

@@ -6,13 +6,11 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers};
 
-use crate::codec::{decode, encode};
 use crate::error::{Result, StoreError};
-use crate::network::{MembershipChange, TransportError};
+use crate::network::{MembershipChange, TransportError, PATH_MEMBERSHIP};
 use crate::node::{Leader, StoreNode};
 use crate::types::{MemberStatus, NodeId};
 
@@ -28,21 +26,16 @@ impl StoreNode {
                     return Ok(self.status());
                 }
                 Leader::Remote(id, addr) => {
-                    let body = Bytes::from(encode(&change));
                     let timeout = self
                         .inner
                         .config
                         .request_timeout
                         .max(Duration::from_secs(60));
                     match self
-                        .inner
-                        .transport
-                        .call(id, &addr, crate::network::PATH_MEMBERSHIP, body, timeout)
+                        .call_member(id, &addr, PATH_MEMBERSHIP, &change, timeout)
                         .await
                     {
-                        Ok(bytes) => {
-                            return decode::<Result<MemberStatus>>(&bytes, "membership answer")?
-                        }
+                        Ok(answer) => return answer,
                         Err(TransportError::Unreachable(_)) if Instant::now() < deadline => {
                             tokio::time::sleep(Duration::from_millis(20)).await
                         }

@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, Raft, ServerState};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -289,17 +291,11 @@ impl StoreNode {
                 }
                 Leader::Remote(id, addr) if forward => {
                     let remaining = deadline.saturating_duration_since(Instant::now());
-                    let body = Bytes::from(encode(&commands));
                     match self
-                        .inner
-                        .transport
-                        .call(id, &addr, PATH_PROPOSE, body, remaining)
+                        .call_member(id, &addr, PATH_PROPOSE, &commands, remaining)
                         .await
                     {
-                        Ok(bytes) => match decode::<Result<Vec<CommandResult>>>(
-                            &bytes,
-                            "forwarded write answer",
-                        )? {
+                        Ok(answer) => match answer {
                             Ok(results) => return Ok(results),
                             Err(StoreError::NotLeader { .. }) | Err(StoreError::Unavailable(_)) => {
                             }
@@ -329,6 +325,26 @@ impl StoreNode {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_millis(100));
         }
+    }
+
+    /// Sends `request` to member `id` at `addr` on `path` and decodes its
+    /// answer: the outer error is the transport's (was it delivered at
+    /// all?), the inner result is the member's own.
+    pub(crate) async fn call_member<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        id: NodeId,
+        addr: &str,
+        path: &'static str,
+        request: &Req,
+        timeout: Duration,
+    ) -> std::result::Result<Result<Resp>, TransportError> {
+        let body = Bytes::from(encode(request));
+        let bytes = self
+            .inner
+            .transport
+            .call(id, addr, path, body, timeout)
+            .await?;
+        Ok(decode::<Result<Resp>>(&bytes, path).and_then(|answer| answer))
     }
 
     /// Runs one command through Raft. With `forward` false, a follower
@@ -388,18 +404,10 @@ impl StoreNode {
                 Leader::Remote(id, addr) if forward => {
                     let remaining = deadline.saturating_duration_since(Instant::now());
                     match self
-                        .inner
-                        .transport
-                        .call(
-                            id,
-                            &addr,
-                            PATH_READ_INDEX,
-                            Bytes::from(encode(&())),
-                            remaining,
-                        )
+                        .call_member(id, &addr, PATH_READ_INDEX, &(), remaining)
                         .await
                     {
-                        Ok(bytes) => match decode::<Result<u64>>(&bytes, "read index answer")? {
+                        Ok(answer) => match answer {
                             Ok(index) => return Ok(index),
                             Err(StoreError::NotLeader { .. }) | Err(StoreError::Unavailable(_)) => {
                             }
