@@ -105,13 +105,12 @@ async fn killed_leader_is_replaced_and_no_acknowledged_write_is_lost() {
     // The old leader comes back as a follower and catches up.
     cluster.start_member(old_leader).await;
     cluster.wait_converged().await;
-    let (state, _) = crate::local_state(&cluster.member(old_leader)).await;
-    for (key, _) in &acked {
-        assert!(
-            state.contains_key(key.as_bytes()),
-            "restarted member lacks {key}"
-        );
-    }
+    crate::assert_member_holds(
+        &cluster,
+        old_leader,
+        acked.iter().map(|(key, _)| key.as_str()),
+    )
+    .await;
     cluster.shutdown().await;
 }
 

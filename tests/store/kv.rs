@@ -196,13 +196,7 @@ async fn members_join_and_leave_while_writes_continue() {
     );
     cluster.wait_converged().await;
     for id in cluster.running() {
-        let (state, _) = crate::local_state(&cluster.member(id)).await;
-        for key in &acked {
-            assert!(
-                state.contains_key(key.as_bytes()),
-                "member {id} lacks acknowledged {key}"
-            );
-        }
+        crate::assert_member_holds(&cluster, id, acked.iter().map(String::as_str)).await;
     }
     cluster.shutdown().await;
 }

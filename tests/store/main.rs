@@ -33,3 +33,20 @@ pub async fn local_state(
         resp.revision,
     )
 }
+
+/// Asserts that member `id` holds every key of `keys` in its own local
+/// state; returns that state for further checks.
+pub async fn assert_member_holds<'a>(
+    cluster: &orch_tests::store::TestCluster,
+    id: orch_raft_store::NodeId,
+    keys: impl IntoIterator<Item = &'a str>,
+) -> BTreeMap<Vec<u8>, orch_raft_store::KeyValue> {
+    let (state, _) = local_state(&cluster.member(id)).await;
+    for key in keys {
+        assert!(
+            state.contains_key(key.as_bytes()),
+            "member {id} lacks acknowledged {key}"
+        );
+    }
+    state
+}

@@ -57,13 +57,8 @@ async fn partitioned_minority_cannot_commit_and_its_stale_leader_steps_down_afte
     .await;
     cluster.wait_converged().await;
     for id in cluster.running() {
-        let (state, _) = crate::local_state(&cluster.member(id)).await;
-        for key in &acked {
-            assert!(
-                state.contains_key(key.as_bytes()),
-                "member {id} lacks {key}"
-            );
-        }
+        let state =
+            crate::assert_member_holds(&cluster, id, acked.iter().map(String::as_str)).await;
         assert!(state.contains_key(&b"before"[..]));
         assert!(
             !state.contains_key(&b"minority/write"[..]),
