@@ -284,17 +284,38 @@ impl Client {
         .await
     }
 
-    /// Deletes an object.
+    /// Deletes an object; returns the store revision of the deletion (or
+    /// of the update that marked the object for deletion, when finalizers
+    /// or a grace period keep it for now).
     pub async fn delete<K: K8sResource>(
         &self,
         namespace: Option<&str>,
         name: &str,
-    ) -> Result<(), ApiError> {
+    ) -> Result<u64, ApiError> {
+        self.delete_with::<K>(namespace, name, &Value::Null).await
+    }
+
+    /// Deletes an object with `DeleteOptions` (e.g.
+    /// `{"propagationPolicy": "Foreground"}`, or `preconditions`).
+    pub async fn delete_with<K: K8sResource>(
+        &self,
+        namespace: Option<&str>,
+        name: &str,
+        options: &Value,
+    ) -> Result<u64, ApiError> {
         let path = format!("{}/{name}", collection_path::<K>(namespace)?);
-        let _: Value = self
-            .call(Method::DELETE, &path, "application/json", Vec::new())
+        let body = if options.is_null() {
+            Vec::new()
+        } else {
+            options.to_string().into_bytes()
+        };
+        let answer: Value = self
+            .call(Method::DELETE, &path, "application/json", body)
             .await?;
-        Ok(())
+        Ok(answer["metadata"]["resourceVersion"]
+            .as_str()
+            .and_then(|rv| rv.parse().ok())
+            .unwrap_or(0))
     }
 
     /// Watches objects after `resource_version` (empty: current objects

@@ -181,9 +181,10 @@ impl From<StoreError> for ApiError {
             StoreError::FutureRevision { .. } => {
                 ApiError::new(504, "Timeout", format!("Too large resource version: {e}"))
             }
-            StoreError::Unavailable(_) | StoreError::NotLeader { .. } | StoreError::Stopped => {
-                ApiError::unavailable(e.to_string())
-            }
+            StoreError::Unavailable(_)
+            | StoreError::NotLeader { .. }
+            | StoreError::Stopped
+            | StoreError::Fenced { .. } => ApiError::unavailable(e.to_string()),
             StoreError::EmptyKey | StoreError::InvertedRange | StoreError::InvalidArgument(_) => {
                 ApiError::bad_request(e.to_string())
             }

@@ -41,6 +41,81 @@ impl ListOptions {
     }
 }
 
+/// What happens to the dependents of a deleted object
+/// (`DeleteOptions.propagationPolicy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Propagation {
+    /// Delete the object now; the garbage collector deletes its dependents.
+    Background,
+    /// Delete the dependents first, then the object.
+    Foreground,
+    /// Keep the dependents, removing their owner references.
+    Orphan,
+}
+
+/// The options of a delete (`DeleteOptions`).
+#[derive(Debug, Clone, Default)]
+pub struct DeleteOptions {
+    /// `preconditions.resourceVersion`.
+    pub precondition: Option<i64>,
+    /// `propagationPolicy` (`orphanDependents: true` means Orphan).
+    pub propagation: Option<Propagation>,
+    /// `gracePeriodSeconds`.
+    pub grace_period_seconds: Option<i64>,
+}
+
+impl DeleteOptions {
+    /// Reads a `DeleteOptions` body (and the same fields as query
+    /// parameters, which kubectl also uses).
+    pub fn from_json(options: &Value) -> Result<DeleteOptions, ApiError> {
+        let precondition = match &options["preconditions"]["resourceVersion"] {
+            Value::Null => None,
+            Value::String(rv) => Some(
+                rv.parse::<i64>()
+                    .map_err(|_| ApiError::bad_request("invalid preconditions.resourceVersion"))?,
+            ),
+            _ => {
+                return Err(ApiError::bad_request(
+                    "invalid preconditions.resourceVersion",
+                ))
+            }
+        };
+        let propagation = match options["propagationPolicy"].as_str() {
+            None if options["orphanDependents"] == json!(true) => Some(Propagation::Orphan),
+            None => None,
+            Some("Background") => Some(Propagation::Background),
+            Some("Foreground") => Some(Propagation::Foreground),
+            Some("Orphan") => Some(Propagation::Orphan),
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "invalid propagationPolicy {other:?}: must be Background, Foreground or Orphan"
+                )))
+            }
+        };
+        let grace_period_seconds = match &options["gracePeriodSeconds"] {
+            Value::Null => None,
+            Value::Number(n) => Some(n.as_i64().filter(|g| *g >= 0).ok_or_else(|| {
+                ApiError::bad_request("gracePeriodSeconds must be a non-negative integer")
+            })?),
+            Value::String(s) => {
+                Some(s.parse::<i64>().ok().filter(|g| *g >= 0).ok_or_else(|| {
+                    ApiError::bad_request("gracePeriodSeconds must be a non-negative integer")
+                })?)
+            }
+            _ => {
+                return Err(ApiError::bad_request(
+                    "gracePeriodSeconds must be a non-negative integer",
+                ))
+            }
+        };
+        Ok(DeleteOptions {
+            precondition,
+            propagation,
+            grace_period_seconds,
+        })
+    }
+}
+
 /// One page of a list.
 #[derive(Debug, Clone)]
 pub struct ObjectList {
@@ -341,6 +416,8 @@ impl Registry {
     }
 
     /// Writes `object` at `key` if its mod revision is still `expected`.
+    /// An object marked for deletion whose last finalizer this write
+    /// removes is deleted instead.
     pub async fn write_if_unchanged(
         &self,
         resource: &Resource,
@@ -349,6 +426,9 @@ impl Registry {
         expected: i64,
         mut object: Value,
     ) -> Result<Value, ApiError> {
+        if finalized(resource, &object) {
+            return self.remove(resource, key, name, expected, object).await;
+        }
         if let Some(m) = object["metadata"].as_object_mut() {
             m.remove("resourceVersion");
         }
@@ -364,37 +444,107 @@ impl Registry {
         Ok(object)
     }
 
-    /// Deletes an object. With finalizers present it is only marked
-    /// (deletionTimestamp) and goes away when the last finalizer is removed.
+    /// Deletes an object, as Kubernetes does:
+    /// - with finalizers (present, or added by a `Foreground` or `Orphan`
+    ///   propagation policy) it is only marked (deletionTimestamp,
+    ///   deletionGracePeriodSeconds 0) and goes away when the last one is
+    ///   removed;
+    /// - a Namespace is marked Terminating until the namespace controller
+    ///   has emptied it and cleared `spec.finalizers`;
+    /// - a Pod bound to a node gets a grace period (the option, else its
+    ///   `terminationGracePeriodSeconds`): it is marked and its node agent
+    ///   deletes it once its containers are stopped (a second delete with
+    ///   grace 0 forces it);
+    /// - anything else is removed at once (dependents are then collected by
+    ///   the garbage collector: background propagation).
     pub async fn delete(
         &self,
         resource: &Resource,
         namespace: Option<&str>,
         name: &str,
-        precondition: Option<i64>,
+        options: &DeleteOptions,
     ) -> Result<Value, ApiError> {
         let key = resource.key(namespace, name);
         let Some(current) = self.read(&key).await? else {
             return Err(ApiError::not_found(resource.plural, name));
         };
-        if precondition.is_some_and(|rv| rv != current.mod_revision) {
+        if options
+            .precondition
+            .is_some_and(|rv| rv != current.mod_revision)
+        {
             return Err(ApiError::conflict(resource.plural, name));
         }
         let mut object = decode(&current)?;
-        let has_finalizers = object["metadata"]["finalizers"]
+        let marked = object["metadata"]["deletionTimestamp"].is_string();
+        let mut finalizers: Vec<Value> = object["metadata"]["finalizers"]
             .as_array()
-            .is_some_and(|f| !f.is_empty());
-        if has_finalizers {
-            if object["metadata"]["deletionTimestamp"].is_null() {
-                object["metadata"]["deletionTimestamp"] = json!(object::now_rfc3339());
-                object["metadata"]["deletionGracePeriodSeconds"] = json!(0);
-                return self
-                    .write_if_unchanged(resource, &key, name, current.mod_revision, object)
-                    .await;
+            .cloned()
+            .unwrap_or_default();
+        let added = match options.propagation {
+            Some(Propagation::Foreground) => Some("foregroundDeletion"),
+            Some(Propagation::Orphan) => Some("orphan"),
+            _ => None,
+        };
+        if let Some(f) = added {
+            if !finalizers.iter().any(|x| x == f) {
+                finalizers.push(json!(f));
             }
-            return Ok(object);
         }
-        let guard = Compare::mod_revision(key.clone(), CompareOp::Equal, current.mod_revision);
+        let waits_for_namespace_finalizers = resource.kind == "Namespace"
+            && object["spec"]["finalizers"]
+                .as_array()
+                .is_some_and(|f| !f.is_empty());
+        let pod_grace = (resource.kind == "Pod"
+            && object["spec"]["nodeName"]
+                .as_str()
+                .is_some_and(|n| !n.is_empty())
+            && object["status"]["phase"] != "Succeeded"
+            && object["status"]["phase"] != "Failed")
+            .then(|| {
+                options.grace_period_seconds.unwrap_or_else(|| {
+                    object["spec"]["terminationGracePeriodSeconds"]
+                        .as_i64()
+                        .unwrap_or(30)
+                })
+            })
+            .filter(|grace| *grace > 0);
+        if !finalizers.is_empty() || waits_for_namespace_finalizers || pod_grace.is_some() {
+            let already = object["metadata"]["finalizers"]
+                .as_array()
+                .map_or(0, |f| f.len());
+            if marked && already == finalizers.len() {
+                // Already being deleted: nothing more to do now.
+                return Ok(object);
+            }
+            if !marked {
+                object["metadata"]["deletionTimestamp"] = json!(object::now_rfc3339());
+                object["metadata"]["deletionGracePeriodSeconds"] = json!(pod_grace.unwrap_or(0));
+            }
+            if !finalizers.is_empty() {
+                object["metadata"]["finalizers"] = Value::Array(finalizers);
+            }
+            if resource.kind == "Namespace" {
+                object["status"]["phase"] = json!("Terminating");
+            }
+            return self
+                .write_if_unchanged(resource, &key, name, current.mod_revision, object)
+                .await;
+        }
+        self.remove(resource, &key, name, current.mod_revision, object)
+            .await
+    }
+
+    /// Removes the object at `key` if its mod revision is still `expected`;
+    /// returns it with the revision of its removal.
+    async fn remove(
+        &self,
+        resource: &Resource,
+        key: &str,
+        name: &str,
+        expected: i64,
+        mut object: Value,
+    ) -> Result<Value, ApiError> {
+        let guard = Compare::mod_revision(key, CompareOp::Equal, expected);
         let delete = TxnOp::Delete(DeleteRequest {
             range: KeyRange::key(key),
             prev_kv: false,
@@ -462,6 +612,17 @@ impl Registry {
         });
         Ok(futures::stream::iter(initial).chain(live))
     }
+}
+
+/// True when `object` is marked for deletion (waiting only on finalizers,
+/// not on a grace period) and has none left.
+fn finalized(resource: &Resource, object: &Value) -> bool {
+    let meta = &object["metadata"];
+    let empty = |v: &Value| v.as_array().is_none_or(|a| a.is_empty());
+    meta["deletionTimestamp"].is_string()
+        && meta["deletionGracePeriodSeconds"].as_i64().unwrap_or(0) == 0
+        && empty(&meta["finalizers"])
+        && (resource.kind != "Namespace" || empty(&object["spec"]["finalizers"]))
 }
 
 /// Turns a store event into a watch event as seen through a selector.

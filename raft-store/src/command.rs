@@ -29,6 +29,15 @@ pub enum Command {
     },
     /// Delete a lease and every key attached to it (revoke or expiry).
     LeaseRevoke(LeaseId),
+    /// A command applied only if the Raft entry carrying it was proposed by
+    /// the leader of `term`: the fence of a leader's control loops, so a
+    /// deposed leader's loops can never change state under a new leader.
+    Fenced {
+        /// The leadership term the proposer held.
+        term: u64,
+        /// The command to apply within that term.
+        command: Box<Command>,
+    },
 }
 
 impl Command {
@@ -61,6 +70,7 @@ impl Command {
                 compares + ops(&txn.success) + ops(&txn.failure)
             }
             Command::Compact(_) | Command::LeaseGrant { .. } | Command::LeaseRevoke(_) => 16,
+            Command::Fenced { command, .. } => command.size() + 8,
         }
     }
 
@@ -102,6 +112,10 @@ impl Command {
             Command::LeaseGrant { ttl_secs, .. } if *ttl_secs <= 0 => Err(
                 StoreError::InvalidArgument("lease TTL must be positive".into()),
             ),
+            Command::Fenced { command, .. } if matches!(**command, Command::Fenced { .. }) => Err(
+                StoreError::InvalidArgument("a fenced command cannot be fenced again".into()),
+            ),
+            Command::Fenced { command, .. } => command.validate(max_bytes),
             _ => Ok(()),
         }
     }

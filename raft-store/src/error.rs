@@ -81,6 +81,15 @@ pub enum StoreError {
     /// A message came from a member that is not in this member's configuration.
     #[error("rejected message from node {0}: not a member of this cluster")]
     UnknownSender(NodeId),
+    /// A fenced command was proposed by a leader of another term: the
+    /// leadership its control loops relied on is gone. Nothing was changed.
+    #[error("fenced out: the write was bound to leadership term {fence}, but was proposed in term {term}")]
+    Fenced {
+        /// The term the write was bound to.
+        fence: u64,
+        /// The term of the leader that proposed the entry.
+        term: u64,
+    },
     /// The member is shutting down or has stopped.
     #[error("the store member has stopped")]
     Stopped,

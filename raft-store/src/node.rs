@@ -74,6 +74,14 @@ pub(crate) struct NodeInner {
 #[derive(Clone)]
 pub struct StoreNode {
     pub(crate) inner: Arc<NodeInner>,
+    /// When set, every command sent through [`Kv`] is bound to this
+    /// leadership term (see [`StoreNode::fenced`]).
+    fence: Option<u64>,
+}
+
+/// The term of member `id`'s leadership in `m`, if it leads.
+fn leader_term_of(m: &openraft::RaftMetrics<NodeId, BasicNode>, id: NodeId) -> Option<u64> {
+    (m.current_leader == Some(id) && m.state == ServerState::Leader).then_some(m.current_term)
 }
 
 fn raft_config(config: &NodeConfig) -> Result<Arc<openraft::Config>> {
@@ -135,6 +143,7 @@ impl StoreNode {
         let (reads_tx, reads_rx) = mpsc::channel(4096);
         let (shutdown, _) = watch::channel(false);
         let node = StoreNode {
+            fence: None,
             inner: Arc::new(NodeInner {
                 id: config.id,
                 addr,
@@ -224,6 +233,38 @@ impl StoreNode {
     /// True while this member is the Raft leader.
     pub fn is_leader(&self) -> bool {
         self.leader() == Leader::Local
+    }
+
+    /// The term of this member's leadership, while it is the leader.
+    pub fn leader_term(&self) -> Option<u64> {
+        leader_term_of(&self.inner.raft.metrics().borrow(), self.id())
+    }
+
+    /// Waits until this member's leadership changes: it becomes leader,
+    /// loses leadership, or leads in a new term. Returns the new
+    /// [`leader_term`](Self::leader_term); `Err(Stopped)` once the member
+    /// stops.
+    pub async fn leadership_changed(&self, from: Option<u64>) -> Result<Option<u64>> {
+        let mut metrics = self.inner.raft.metrics();
+        loop {
+            let now = leader_term_of(&metrics.borrow_and_update(), self.id());
+            if now != from {
+                return Ok(now);
+            }
+            metrics.changed().await.map_err(|_| StoreError::Stopped)?;
+        }
+    }
+
+    /// A handle on this member whose writes only take effect if they are
+    /// proposed by the leader of `term`: when leadership moves, the state
+    /// machine refuses them with [`StoreError::Fenced`]. The control loops
+    /// of a leader write through such a handle, so two masters can never
+    /// both act as controllers, even for an instant.
+    pub fn fenced(&self, term: u64) -> StoreNode {
+        StoreNode {
+            inner: self.inner.clone(),
+            fence: Some(term),
+        }
     }
 
     pub(crate) fn leader(&self) -> Leader {
@@ -527,6 +568,13 @@ impl StoreNode {
 
 impl Kv for StoreNode {
     async fn command(&self, command: Command) -> Result<CommandResult> {
+        let command = match self.fence {
+            Some(term) => Command::Fenced {
+                term,
+                command: Box::new(command),
+            },
+            None => command,
+        };
         self.execute(command, true).await
     }
 

@@ -6,10 +6,12 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use orch_core::controller::informer;
+use k8s_openapi::Metadata;
+use orch_core::controller::informer::{key_of, Informer};
 use orch_core::Client;
 use orch_tests::api::TestApi;
 use orch_tests::wait_until;
+use tokio_util::sync::CancellationToken;
 
 fn config_map(name: &str, value: &str) -> ConfigMap {
     ConfigMap {
@@ -37,7 +39,12 @@ async fn informer_cache_follows_creates_updates_and_deletes() {
         .unwrap();
 
     let (tx, mut keys) = tokio::sync::mpsc::unbounded_channel();
-    let mut cache = informer::start::<ConfigMap>(client.clone(), Some("default".into()), tx);
+    let stop = CancellationToken::new();
+    let mut cache = Informer::<ConfigMap>::new(client.clone())
+        .namespace("default")
+        .start(stop.clone(), move |cm: &ConfigMap| {
+            let _ = tx.send(key_of(cm.metadata()));
+        });
     cache.wait_until_ready().await;
     assert_eq!(cache.list().len(), 2);
     let mut announced = vec![keys.recv().await.unwrap(), keys.recv().await.unwrap()];
@@ -83,6 +90,6 @@ async fn informer_cache_follows_creates_updates_and_deletes() {
         },
     )
     .await;
-    drop(keys);
+    stop.cancel();
     api.shutdown().await;
 }

@@ -1,10 +1,12 @@
-//! Informers: list + watch of one kind into an in-memory cache, as
+//! Informers: list + watch of one kind into an in-memory, indexed cache, as
 //! kube-runtime's reflector does. The cache is filled by a full list, then
 //! kept current by the watch from the list's resourceVersion; a compacted
 //! resourceVersion (410) or a broken watch sends it back to a full re-list.
-//! Every change is announced with the object's key so a loop can queue it.
+//! Every change is handed to a callback so a loop can queue the keys it
+//! concerns. The cache also tracks the newest revision it has seen, so a
+//! loop can wait until its own writes are visible before acting again.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -12,7 +14,8 @@ use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::Metadata;
 use serde::de::DeserializeOwned;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::client::Client;
 use crate::registry::EventType;
@@ -20,24 +23,79 @@ use crate::registry::EventType;
 /// `namespace/name` (or `name` for cluster-scoped objects).
 pub type ObjectKey = String;
 
-fn key_of(meta: &ObjectMeta) -> ObjectKey {
+/// The cache key of an object.
+pub fn key_of(meta: &ObjectMeta) -> ObjectKey {
     match &meta.namespace {
         Some(ns) => format!("{ns}/{}", meta.name.as_deref().unwrap_or("")),
         None => meta.name.clone().unwrap_or_default(),
     }
 }
 
+/// The revision an object was last written at (0 if it has none).
+pub fn revision_of(meta: &ObjectMeta) -> u64 {
+    meta.resource_version
+        .as_deref()
+        .and_then(|rv| rv.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Computes the index values of an object (e.g. its node name, or the uids
+/// of its owners).
+pub type Indexer<K> = Arc<dyn Fn(&K) -> Vec<String> + Send + Sync>;
+
+struct Contents<K> {
+    objects: HashMap<ObjectKey, Arc<K>>,
+    indexes: HashMap<&'static str, HashMap<String, BTreeSet<ObjectKey>>>,
+}
+
+impl<K> Contents<K> {
+    fn unindex(&mut self, indexers: &[(&'static str, Indexer<K>)], key: &str, object: &K) {
+        for (name, indexer) in indexers {
+            let index = self.indexes.entry(name).or_default();
+            for value in indexer(object) {
+                if let Some(keys) = index.get_mut(&value) {
+                    keys.remove(key);
+                    if keys.is_empty() {
+                        index.remove(&value);
+                    }
+                }
+            }
+        }
+    }
+
+    fn insert(&mut self, indexers: &[(&'static str, Indexer<K>)], key: ObjectKey, object: Arc<K>) {
+        if let Some(old) = self.objects.remove(&key) {
+            self.unindex(indexers, &key, &old);
+        }
+        for (name, indexer) in indexers {
+            let index = self.indexes.entry(name).or_default();
+            for value in indexer(&object) {
+                index.entry(value).or_default().insert(key.clone());
+            }
+        }
+        self.objects.insert(key, object);
+    }
+
+    fn remove(&mut self, indexers: &[(&'static str, Indexer<K>)], key: &str) -> Option<Arc<K>> {
+        let old = self.objects.remove(key)?;
+        self.unindex(indexers, key, &old);
+        Some(old)
+    }
+}
+
 /// A read handle on an informer's cache. Cheap to clone.
 pub struct Cache<K> {
-    objects: Arc<RwLock<HashMap<ObjectKey, Arc<K>>>>,
+    contents: Arc<RwLock<Contents<K>>>,
     ready: watch::Receiver<bool>,
+    revision: watch::Receiver<u64>,
 }
 
 impl<K> Clone for Cache<K> {
     fn clone(&self) -> Self {
         Cache {
-            objects: self.objects.clone(),
+            contents: self.contents.clone(),
             ready: self.ready.clone(),
+            revision: self.revision.clone(),
         }
     }
 }
@@ -45,105 +103,236 @@ impl<K> Clone for Cache<K> {
 impl<K> Cache<K> {
     /// The cached object with this key.
     pub fn get(&self, key: &str) -> Option<Arc<K>> {
-        self.objects.read().expect("cache lock").get(key).cloned()
+        self.contents
+            .read()
+            .expect("cache lock")
+            .objects
+            .get(key)
+            .cloned()
     }
 
     /// Every cached object.
     pub fn list(&self) -> Vec<Arc<K>> {
-        self.objects
+        self.contents
             .read()
             .expect("cache lock")
+            .objects
             .values()
             .cloned()
             .collect()
+    }
+
+    /// Number of cached objects.
+    pub fn len(&self) -> usize {
+        self.contents.read().expect("cache lock").objects.len()
+    }
+
+    /// True when the cache holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The cached objects whose index `index` has `value`.
+    pub fn by_index(&self, index: &str, value: &str) -> Vec<Arc<K>> {
+        let contents = self.contents.read().expect("cache lock");
+        let Some(keys) = contents.indexes.get(index).and_then(|i| i.get(value)) else {
+            return Vec::new();
+        };
+        keys.iter()
+            .filter_map(|key| contents.objects.get(key).cloned())
+            .collect()
+    }
+
+    /// The values index `index` currently holds.
+    pub fn index_values(&self, index: &str) -> Vec<String> {
+        let contents = self.contents.read().expect("cache lock");
+        contents
+            .indexes
+            .get(index)
+            .map(|i| i.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// True once the first full list has filled the cache.
+    pub fn is_ready(&self) -> bool {
+        *self.ready.borrow()
     }
 
     /// Waits until the first full list has filled the cache.
     pub async fn wait_until_ready(&mut self) {
         let _ = self.ready.wait_for(|ready| *ready).await;
     }
+
+    /// The newest store revision the cache has seen.
+    pub fn revision(&self) -> u64 {
+        *self.revision.borrow()
+    }
+
+    /// Waits (at most `timeout`) until the cache has seen revision `rev`,
+    /// e.g. a write of the caller's own; true if it has.
+    pub async fn wait_for_revision(&self, rev: u64, timeout: Duration) -> bool {
+        let mut revision = self.revision.clone();
+        tokio::time::timeout(timeout, revision.wait_for(|seen| *seen >= rev))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
 }
 
-/// Runs an informer of kind `K` (in `namespace`, or all) until `changes`
-/// is closed; returns its cache at once.
-pub fn start<K>(
+/// Builds and starts an informer of kind `K`.
+pub struct Informer<K> {
     client: Client,
     namespace: Option<String>,
-    changes: mpsc::UnboundedSender<ObjectKey>,
-) -> Cache<K>
+    indexers: Vec<(&'static str, Indexer<K>)>,
+}
+
+impl<K> Informer<K>
 where
     K: k8s_openapi::Resource + Metadata<Ty = ObjectMeta> + DeserializeOwned + Send + Sync + 'static,
 {
-    let objects = Arc::new(RwLock::new(HashMap::new()));
-    let (ready_tx, ready) = watch::channel(false);
-    let cache = Cache {
-        objects: objects.clone(),
-        ready,
-    };
-    tokio::spawn(async move {
-        loop {
-            if changes.is_closed() {
-                return;
+    /// An informer of every `K` the client can see.
+    pub fn new(client: Client) -> Self {
+        Informer {
+            client,
+            namespace: None,
+            indexers: Vec::new(),
+        }
+    }
+
+    /// Restricts the informer to one namespace.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = Some(namespace.into());
+        self
+    }
+
+    /// Adds an index named `name`, queried with [`Cache::by_index`].
+    pub fn index(
+        mut self,
+        name: &'static str,
+        indexer: impl Fn(&K) -> Vec<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.indexers.push((name, Arc::new(indexer)));
+        self
+    }
+
+    /// Runs the informer until `stop` is cancelled; returns its cache at
+    /// once. `on_change` sees every object that was added or changed, and
+    /// the last state of every object that was deleted, after the cache
+    /// was updated.
+    pub fn start(
+        self,
+        stop: CancellationToken,
+        on_change: impl Fn(&K) + Send + Sync + 'static,
+    ) -> Cache<K> {
+        let contents = Arc::new(RwLock::new(Contents {
+            objects: HashMap::new(),
+            indexes: HashMap::new(),
+        }));
+        let (ready_tx, ready) = watch::channel(false);
+        let (revision_tx, revision) = watch::channel(0u64);
+        let cache = Cache {
+            contents: contents.clone(),
+            ready,
+            revision,
+        };
+        let run = run(self, contents, ready_tx, revision_tx, Box::new(on_change));
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = run => {}
             }
-            // Full list: replace the cache, announce every key that changed.
-            let (items, rv) = match client.list::<K>(namespace.as_deref(), None).await {
-                Ok(listed) => listed,
-                Err(e) => {
-                    tracing::warn!(kind = K::KIND, error = %e, "informer list failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    continue;
-                }
-            };
-            let fresh: HashMap<ObjectKey, Arc<K>> = items
-                .into_iter()
-                .map(|o| (key_of(o.metadata()), Arc::new(o)))
+        });
+        cache
+    }
+}
+
+type OnChange<K> = Box<dyn Fn(&K) + Send + Sync>;
+
+async fn run<K>(
+    informer: Informer<K>,
+    contents: Arc<RwLock<Contents<K>>>,
+    ready: watch::Sender<bool>,
+    revision: watch::Sender<u64>,
+    on_change: OnChange<K>,
+) where
+    K: k8s_openapi::Resource + Metadata<Ty = ObjectMeta> + DeserializeOwned + Send + Sync + 'static,
+{
+    let Informer {
+        client,
+        namespace,
+        indexers,
+    } = informer;
+    loop {
+        // Full list: replace the cache, announce everything that changed.
+        let (items, rv) = match client.list::<K>(namespace.as_deref(), None).await {
+            Ok(listed) => listed,
+            Err(e) => {
+                tracing::warn!(kind = K::KIND, error = %e, "informer list failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        let mut fresh: HashMap<ObjectKey, Arc<K>> = items
+            .into_iter()
+            .map(|o| (key_of(o.metadata()), Arc::new(o)))
+            .collect();
+        let announced: Vec<Arc<K>> = {
+            let mut cached = contents.write().expect("cache lock");
+            let gone: Vec<ObjectKey> = cached
+                .objects
+                .keys()
+                .filter(|k| !fresh.contains_key(*k))
+                .cloned()
                 .collect();
-            let announced: Vec<ObjectKey> = {
-                let mut cached = objects.write().expect("cache lock");
-                let gone: Vec<ObjectKey> = cached
-                    .keys()
-                    .filter(|k| !fresh.contains_key(*k))
-                    .cloned()
-                    .collect();
-                let all: Vec<ObjectKey> = fresh.keys().cloned().chain(gone).collect();
-                *cached = fresh;
-                all
-            };
-            for key in announced {
-                let _ = changes.send(key);
-            }
-            ready_tx.send_replace(true);
-            // Follow the watch until it breaks or is compacted away.
-            let mut stream = match client.watch::<K>(namespace.as_deref(), &rv).await {
-                Ok(stream) => Box::pin(stream),
-                Err(e) => {
-                    tracing::warn!(kind = K::KIND, error = %e, "informer watch failed; re-listing");
-                    continue;
+            let mut announced: Vec<Arc<K>> = gone
+                .iter()
+                .filter_map(|key| cached.remove(&indexers, key))
+                .collect();
+            for (key, object) in fresh.drain() {
+                let unchanged = cached.objects.get(&key).is_some_and(|old| {
+                    old.metadata().resource_version == object.metadata().resource_version
+                });
+                if !unchanged {
+                    cached.insert(&indexers, key, object.clone());
+                    announced.push(object);
                 }
-            };
-            while let Some(event) = stream.next().await {
-                match event {
-                    Ok((kind, object)) => {
-                        let key = key_of(object.metadata());
-                        {
-                            let mut cached = objects.write().expect("cache lock");
-                            if kind == EventType::Deleted {
-                                cached.remove(&key);
-                            } else {
-                                cached.insert(key.clone(), Arc::new(object));
-                            }
-                        }
-                        if changes.send(key).is_err() {
-                            return;
+            }
+            announced
+        };
+        revision.send_modify(|seen| *seen = (*seen).max(rv.parse().unwrap_or(0)));
+        for object in &announced {
+            on_change(object);
+        }
+        ready.send_replace(true);
+        // Follow the watch until it breaks or is compacted away.
+        let mut stream = match client.watch::<K>(namespace.as_deref(), &rv).await {
+            Ok(stream) => Box::pin(stream),
+            Err(e) => {
+                tracing::warn!(kind = K::KIND, error = %e, "informer watch failed; re-listing");
+                continue;
+            }
+        };
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok((kind, object)) => {
+                    let key = key_of(object.metadata());
+                    let rev = revision_of(object.metadata());
+                    let object = Arc::new(object);
+                    {
+                        let mut cached = contents.write().expect("cache lock");
+                        if kind == EventType::Deleted {
+                            cached.remove(&indexers, &key);
+                        } else {
+                            cached.insert(&indexers, key, object.clone());
                         }
                     }
-                    Err(e) => {
-                        tracing::info!(kind = K::KIND, error = %e, "informer watch ended; re-listing");
-                        break;
-                    }
+                    revision.send_modify(|seen| *seen = (*seen).max(rev));
+                    on_change(&object);
+                }
+                Err(e) => {
+                    tracing::info!(kind = K::KIND, error = %e, "informer watch ended; re-listing");
+                    break;
                 }
             }
         }
-    });
-    cache
+    }
 }

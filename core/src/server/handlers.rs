@@ -14,7 +14,7 @@ use super::{discovery, json_response, table, ApiServer, Body};
 use crate::error::ApiError;
 use crate::object;
 use crate::patch::{self, PatchType};
-use crate::registry::EventType;
+use crate::registry::{DeleteOptions, EventType};
 use crate::resource::Resource;
 
 fn header<'a>(parts: &'a Parts, name: &str) -> &'a str {
@@ -178,12 +178,13 @@ async fn collection(
         }
         Method::DELETE => {
             let options = query.list_options()?;
+            let delete = delete_options(query, &body)?;
             let list = registry.list(resource, namespace, &options).await?;
             let mut deleted = Vec::new();
             for item in list.items {
                 let ns = object::namespace(&item).map(String::from);
                 match registry
-                    .delete(resource, ns.as_deref(), object::name(&item), None)
+                    .delete(resource, ns.as_deref(), object::name(&item), &delete)
                     .await
                 {
                     Ok(gone) => deleted.push(gone),
@@ -386,20 +387,9 @@ async fn object_verb(
             }
         }
         (&Method::DELETE, None) => {
-            let options: Value = if body.is_empty() {
-                json!({})
-            } else {
-                parse_body(&body)?
-            };
-            let precondition =
-                match options["preconditions"]["resourceVersion"].as_str() {
-                    Some(rv) => Some(rv.parse::<i64>().map_err(|_| {
-                        ApiError::bad_request("invalid preconditions.resourceVersion")
-                    })?),
-                    None => None,
-                };
+            let options = delete_options(query, &body)?;
             Ok(ok(&registry
-                .delete(resource, namespace, name, precondition)
+                .delete(resource, namespace, name, &options)
                 .await?))
         }
         (&Method::POST, Some("binding")) => {
@@ -431,6 +421,32 @@ async fn object_verb(
             "{method} is not allowed on an object"
         ))),
     }
+}
+
+/// The `DeleteOptions` of a delete: the body, with the query parameters
+/// kubectl may send instead.
+fn delete_options(query: &Query, body: &[u8]) -> Result<DeleteOptions, ApiError> {
+    let mut options: Value = if body.is_empty() {
+        json!({})
+    } else {
+        parse_body(body)?
+    };
+    if !options.is_object() {
+        return Err(ApiError::bad_request("DeleteOptions must be an object"));
+    }
+    for field in [
+        "propagationPolicy",
+        "gracePeriodSeconds",
+        "orphanDependents",
+    ] {
+        if let Some(value) = query.get(field) {
+            options[field] = match field {
+                "orphanDependents" => json!(value == "true"),
+                _ => json!(value),
+            };
+        }
+    }
+    DeleteOptions::from_json(&options)
 }
 
 /// Reads the object, applies `change`, and writes it back if nothing

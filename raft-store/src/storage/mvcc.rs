@@ -115,8 +115,19 @@ impl<'a> Applier<'a> {
         &mut self.batch
     }
 
-    /// Applies one command; a refused command changes nothing.
-    pub fn apply(&mut self, command: &Command) -> CommandResult {
+    /// Applies one command of an entry proposed in leadership `term`; a
+    /// refused command changes nothing.
+    pub fn apply(&mut self, command: &Command, term: u64) -> CommandResult {
+        let command = match command {
+            Command::Fenced { term: fence, .. } if *fence != term => {
+                return CommandResult::Failed(StoreError::Fenced {
+                    fence: *fence,
+                    term,
+                })
+            }
+            Command::Fenced { command, .. } => command,
+            command => command,
+        };
         match self.apply_inner(command) {
             Ok(result) => result,
             Err(e) => CommandResult::Failed(e),
@@ -169,6 +180,9 @@ impl<'a> Applier<'a> {
                     ttl_secs: *ttl_secs,
                 }))
             }
+            Command::Fenced { .. } => Err(StoreError::InvalidArgument(
+                "a fenced command cannot be fenced again".into(),
+            )),
             Command::LeaseRevoke(id) => {
                 let record = self
                     .state

@@ -156,7 +156,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 match entry.payload {
                     EntryPayload::Blank => results.push(BatchResult::default()),
                     EntryPayload::Normal(batch) => results.push(BatchResult(
-                        batch.0.iter().map(|c| applier.apply(c)).collect(),
+                        batch
+                            .0
+                            .iter()
+                            .map(|c| applier.apply(c, entry.log_id.leader_id.term))
+                            .collect(),
                     )),
                     EntryPayload::Membership(m) => {
                         membership = Some(StoredMembership::new(Some(entry.log_id), m));

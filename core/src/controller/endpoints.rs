@@ -1,0 +1,8 @@
+//! The endpoints loop (not written yet).
+
+use super::LoopContext;
+
+/// Runs the endpoints loop until `ctx.stop` is cancelled.
+pub async fn run(ctx: LoopContext) {
+    ctx.stop.cancelled().await;
+}

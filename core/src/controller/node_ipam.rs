@@ -1,0 +1,8 @@
+//! The node_ipam loop (not written yet).
+
+use super::LoopContext;
+
+/// Runs the node_ipam loop until `ctx.stop` is cancelled.
+pub async fn run(ctx: LoopContext) {
+    ctx.stop.cancelled().await;
+}

@@ -1,0 +1,142 @@
+//! Small facts about objects that several loops need: owners, selectors,
+//! pod readiness. One place, so every loop reads them the same way.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::{Metadata, Resource};
+
+/// The name of the cache index of objects by the uid of each owner.
+pub const BY_OWNER: &str = "owner";
+
+/// Index function: the uids of an object's owners.
+pub fn owner_uids<K: Metadata<Ty = ObjectMeta>>(object: &K) -> Vec<String> {
+    object
+        .metadata()
+        .owner_references
+        .iter()
+        .flatten()
+        .map(|o| o.uid.clone())
+        .collect()
+}
+
+/// The owner reference marked `controller: true`, if any.
+pub fn controller_of(meta: &ObjectMeta) -> Option<&OwnerReference> {
+    meta.owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))
+}
+
+/// An owner reference to `owner`, as its controller (blocking the owner's
+/// foreground deletion).
+pub fn controller_reference<K: Resource + Metadata<Ty = ObjectMeta>>(owner: &K) -> OwnerReference {
+    let meta = owner.metadata();
+    OwnerReference {
+        api_version: K::API_VERSION.to_string(),
+        kind: K::KIND.to_string(),
+        name: meta.name.clone().unwrap_or_default(),
+        uid: meta.uid.clone().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+/// True if `labels` satisfy `selector` (matchLabels and matchExpressions).
+/// An empty selector matches everything; a missing one matches nothing.
+pub fn selector_matches(
+    selector: Option<&LabelSelector>,
+    labels: Option<&BTreeMap<String, String>>,
+) -> bool {
+    let Some(selector) = selector else {
+        return false;
+    };
+    let empty = BTreeMap::new();
+    let labels = labels.unwrap_or(&empty);
+    let match_labels = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    let match_expressions = selector.match_expressions.iter().flatten().all(|e| {
+        let values = e.values.as_deref().unwrap_or(&[]);
+        match e.operator.as_str() {
+            "In" => labels.get(&e.key).is_some_and(|v| values.contains(v)),
+            "NotIn" => labels.get(&e.key).is_none_or(|v| !values.contains(v)),
+            "Exists" => labels.contains_key(&e.key),
+            "DoesNotExist" => !labels.contains_key(&e.key),
+            _ => false,
+        }
+    });
+    match_labels && match_expressions
+}
+
+/// True for a pod that counts toward its controller's replicas: not
+/// finished and not being deleted.
+pub fn is_pod_active(pod: &Pod) -> bool {
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    pod.metadata.deletion_timestamp.is_none() && !matches!(phase, Some("Succeeded" | "Failed"))
+}
+
+/// True for a pod whose Ready condition is True.
+pub fn is_pod_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|conditions| {
+            conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+        })
+}
+
+/// `namespace/name` of an object.
+pub fn key(namespace: Option<&str>, name: &str) -> String {
+    match namespace {
+        Some(ns) => format!("{ns}/{name}"),
+        None => name.to_string(),
+    }
+}
+
+/// Splits a `namespace/name` key (a key without `/` is cluster-scoped).
+pub fn split_key(key: &str) -> (Option<&str>, &str) {
+    match key.split_once('/') {
+        Some((ns, name)) => (Some(ns), name),
+        None => (None, key),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+
+    #[test]
+    fn selectors_match_labels_and_expressions() {
+        let labels = BTreeMap::from([
+            ("app".to_string(), "web".to_string()),
+            ("tier".to_string(), "front".to_string()),
+        ]);
+        let selector = LabelSelector {
+            match_labels: Some(BTreeMap::from([("app".to_string(), "web".to_string())])),
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "tier".into(),
+                operator: "In".into(),
+                values: Some(vec!["front".into(), "back".into()]),
+            }]),
+        };
+        assert!(selector_matches(Some(&selector), Some(&labels)));
+        let other = BTreeMap::from([("app".to_string(), "db".to_string())]);
+        assert!(!selector_matches(Some(&selector), Some(&other)));
+        assert!(selector_matches(Some(&LabelSelector::default()), None));
+        assert!(!selector_matches(None, Some(&labels)));
+    }
+
+    #[test]
+    fn keys_split_into_namespace_and_name() {
+        assert_eq!(split_key("default/web"), (Some("default"), "web"));
+        assert_eq!(split_key("node-1"), (None, "node-1"));
+        assert_eq!(key(Some("a"), "b"), "a/b");
+    }
+}

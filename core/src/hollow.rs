@@ -1,0 +1,1 @@
+//! Hollow nodes (not written yet).
