@@ -1,14 +1,17 @@
-//! A control plane: a store member and the API server on top of it, with
-//! the namespaces every cluster starts with.
+//! A control plane (one master): a store member, the API server on top of
+//! it, and the control loops, which run while this master's store member
+//! is the Raft leader. The first master bootstraps the cluster and creates
+//! the namespaces every cluster starts with; others join it.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use orch_raft_store::{NodeConfig, StoreNode};
+use orch_raft_store::{NodeConfig, NodeId, StoreNode};
 use serde_json::json;
 use tokio::net::TcpListener;
 
+use crate::controller::{self, LeaderLoops, LoopSettings};
 use crate::error::ApiError;
 use crate::registry::Registry;
 use crate::resource;
@@ -18,18 +21,38 @@ use crate::server::{self, ApiServer, ServerHandle};
 pub const INITIAL_NAMESPACES: &[&str] =
     &["default", "kube-system", "kube-public", "kube-node-lease"];
 
-/// How a single-member control plane starts.
+/// How a master starts.
 #[derive(Debug, Clone)]
 pub struct ControlPlaneConfig {
+    /// The store member's id, unique in the cluster (the first master is
+    /// usually 1).
+    pub id: NodeId,
     /// Store data dir.
     pub data_dir: PathBuf,
     /// Store (peer) address.
     pub store_addr: SocketAddr,
     /// API server address.
     pub api_addr: SocketAddr,
+    /// Run the scheduler and the controllers (while leading) with these
+    /// settings; `None` runs no loops (an API-only master).
+    pub loops: Option<LoopSettings>,
 }
 
-/// A running control plane.
+impl ControlPlaneConfig {
+    /// Master `id` with its data in `data_dir`, on ephemeral loopback
+    /// ports, running the standard loops.
+    pub fn local(id: NodeId, data_dir: impl Into<PathBuf>) -> Self {
+        ControlPlaneConfig {
+            id,
+            data_dir: data_dir.into(),
+            store_addr: "127.0.0.1:0".parse().expect("loopback address"),
+            api_addr: "127.0.0.1:0".parse().expect("loopback address"),
+            loops: Some(LoopSettings::default()),
+        }
+    }
+}
+
+/// A running master.
 pub struct ControlPlane {
     /// The store member.
     pub store: StoreNode,
@@ -37,33 +60,84 @@ pub struct ControlPlane {
     pub server: Arc<ApiServer>,
     /// The API server's listener.
     pub api: ServerHandle,
+    /// The control loops, started and stopped with leadership.
+    pub loops: Option<LeaderLoops>,
 }
 
 impl ControlPlane {
-    /// Starts a store member (bootstrapping a new single-member cluster if
-    /// the data dir is new), creates the initial namespaces, and serves the
-    /// API.
+    /// Starts a master that bootstraps a new single-member cluster if the
+    /// data dir is new (or restarts one from its data dir), creates the
+    /// initial namespaces, serves the API and runs the loops while leading.
     pub async fn start_single(
         config: ControlPlaneConfig,
     ) -> Result<ControlPlane, Box<dyn std::error::Error + Send + Sync>> {
-        let store =
-            StoreNode::start(NodeConfig::new(1, &config.data_dir, config.store_addr)).await?;
-        store.initialize().await?;
-        let registry = Registry::new(store.clone());
-        ensure_namespaces(&registry).await?;
-        let listener = TcpListener::bind(config.api_addr).await?;
-        let server = ApiServer::new(registry);
-        let api = server::serve(listener, server.clone())?;
-        Ok(ControlPlane { store, server, api })
+        let plane = Self::start(config).await?;
+        plane.store.initialize().await?;
+        ensure_namespaces(&Registry::new(plane.store.clone())).await?;
+        Ok(plane)
     }
 
-    /// A client calling this control plane's handlers in-process.
+    /// Starts a master that waits to be added to an existing cluster with
+    /// [`add_master`](Self::add_master) (or restarts a member from its
+    /// data dir).
+    pub async fn start_joining(
+        config: ControlPlaneConfig,
+    ) -> Result<ControlPlane, Box<dyn std::error::Error + Send + Sync>> {
+        Self::start(config).await
+    }
+
+    async fn start(
+        config: ControlPlaneConfig,
+    ) -> Result<ControlPlane, Box<dyn std::error::Error + Send + Sync>> {
+        let store = StoreNode::start(NodeConfig::new(
+            config.id,
+            &config.data_dir,
+            config.store_addr,
+        ))
+        .await?;
+        let listener = TcpListener::bind(config.api_addr).await?;
+        let server = ApiServer::new(Registry::new(store.clone()));
+        let api = server::serve(listener, server.clone())?;
+        let loops = config
+            .loops
+            .map(|settings| controller::standard_loops(settings).run_on_leader(store.clone()));
+        Ok(ControlPlane {
+            store,
+            server,
+            api,
+            loops,
+        })
+    }
+
+    /// Adds the master whose store member is `id` at `store_addr` to this
+    /// cluster: as a learner until it has caught up, then as a voter.
+    pub async fn add_master(
+        &self,
+        id: NodeId,
+        store_addr: &str,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        self.store.add_learner(id, store_addr).await?;
+        self.store.promote(&[id]).await?;
+        Ok(())
+    }
+
+    /// A client calling this master's handlers in-process.
     pub fn client(&self) -> crate::Client {
         crate::Client::in_process(self.server.clone())
     }
 
-    /// Stops the API server and the store member.
+    /// True while this master runs the control loops.
+    pub fn runs_loops(&self) -> bool {
+        self.loops
+            .as_ref()
+            .is_some_and(|l| l.running_term().is_some())
+    }
+
+    /// Stops the loops, the API server and the store member.
     pub async fn shutdown(self) {
+        if let Some(loops) = &self.loops {
+            loops.stop();
+        }
         self.api.shutdown().await;
         self.store.shutdown().await;
     }

@@ -1,11 +1,57 @@
 //! A control plane with its API server on ephemeral ports, a kubeconfig for
 //! it, and helpers to run the real kubectl and send raw HTTP requests.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use orch_core::{ControlPlane, ControlPlaneConfig};
 use tempfile::TempDir;
+
+/// Writes a kubeconfig for the API at `addr` (plain HTTP, namespace
+/// `default`).
+pub fn write_kubeconfig(path: &Path, addr: &str) {
+    std::fs::write(
+        path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: orch\n  cluster:\n    server: http://{addr}\ncontexts:\n- name: orch\n  context:\n    cluster: orch\n    user: admin\n    namespace: default\ncurrent-context: orch\nusers:\n- name: admin\n  user: {{}}\n"
+        ),
+    )
+    .expect("kubeconfig is written");
+}
+
+/// Runs the real kubectl with `kubeconfig`, caching discovery in `cache`.
+pub async fn kubectl(kubeconfig: &Path, cache: &Path, args: &[&str]) -> KubectlOutput {
+    let kubeconfig = kubeconfig.to_path_buf();
+    let cache = cache.to_path_buf();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let output = Command::new("kubectl")
+            .args(&args)
+            .env("KUBECONFIG", &kubeconfig)
+            .env("KUBECACHEDIR", &cache)
+            .env("HOME", cache.parent().unwrap())
+            .output()
+            .expect("kubectl is installed");
+        KubectlOutput {
+            success: output.status.success(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    })
+    .await
+    .unwrap()
+}
+
+/// Runs kubectl and panics unless it succeeds; returns stdout.
+pub async fn kubectl_ok(kubeconfig: &Path, cache: &Path, args: &[&str]) -> String {
+    let out = kubectl(kubeconfig, cache, args).await;
+    assert!(
+        out.success,
+        "kubectl {args:?} failed:\nstdout: {}\nstderr: {}",
+        out.stdout, out.stderr
+    );
+    out.stdout
+}
 
 /// A single-member control plane for API tests.
 pub struct TestApi {
@@ -34,22 +80,16 @@ impl TestApi {
     pub async fn start() -> TestApi {
         crate::init_logging();
         let dir = tempfile::tempdir().expect("temp dir");
+        // No control loops: API tests, and tests that run a loop by hand.
         let plane = ControlPlane::start_single(ControlPlaneConfig {
-            data_dir: dir.path().join("store"),
-            store_addr: "127.0.0.1:0".parse().unwrap(),
-            api_addr: "127.0.0.1:0".parse().unwrap(),
+            loops: None,
+            ..ControlPlaneConfig::local(1, dir.path().join("store"))
         })
         .await
         .expect("control plane starts");
         let addr = plane.api.addr.to_string();
         let kubeconfig = dir.path().join("kubeconfig");
-        std::fs::write(
-            &kubeconfig,
-            format!(
-                "apiVersion: v1\nkind: Config\nclusters:\n- name: orch\n  cluster:\n    server: http://{addr}\ncontexts:\n- name: orch\n  context:\n    cluster: orch\n    user: admin\n    namespace: default\ncurrent-context: orch\nusers:\n- name: admin\n  user: {{}}\n"
-            ),
-        )
-        .unwrap();
+        write_kubeconfig(&kubeconfig, &addr);
         TestApi {
             plane: Some(plane),
             addr,
@@ -65,36 +105,12 @@ impl TestApi {
 
     /// Runs kubectl with the test kubeconfig (a fresh cache dir per test).
     pub async fn kubectl(&self, args: &[&str]) -> KubectlOutput {
-        let kubeconfig = self.kubeconfig.clone();
-        let cache = self.dir.path().join("kube-cache");
-        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        tokio::task::spawn_blocking(move || {
-            let output = Command::new("kubectl")
-                .args(&args)
-                .env("KUBECONFIG", &kubeconfig)
-                .env("KUBECACHEDIR", &cache)
-                .env("HOME", cache.parent().unwrap())
-                .output()
-                .expect("kubectl is installed");
-            KubectlOutput {
-                success: output.status.success(),
-                stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-                stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-            }
-        })
-        .await
-        .unwrap()
+        kubectl(&self.kubeconfig, &self.dir.path().join("kube-cache"), args).await
     }
 
     /// Runs kubectl and panics unless it succeeds; returns stdout.
     pub async fn kubectl_ok(&self, args: &[&str]) -> String {
-        let out = self.kubectl(args).await;
-        assert!(
-            out.success,
-            "kubectl {args:?} failed:\nstdout: {}\nstderr: {}",
-            out.stdout, out.stderr
-        );
-        out.stdout
+        kubectl_ok(&self.kubeconfig, &self.dir.path().join("kube-cache"), args).await
     }
 
     /// `kubectl get KIND NAME -n NAMESPACE -o jsonpath=PATH`.

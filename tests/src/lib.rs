@@ -3,6 +3,7 @@
 //! helpers that wait on conditions instead of sleeping.
 
 pub mod api;
+pub mod cluster;
 pub mod store;
 
 use std::future::Future;

@@ -43,9 +43,11 @@ async fn main() {
         .init();
     let args = Args::parse();
     let plane = match ControlPlane::start_single(ControlPlaneConfig {
+        id: 1,
         data_dir: args.data_dir.clone(),
         store_addr: args.store_addr,
         api_addr: args.api_addr,
+        loops: Some(orch_core::controller::LoopSettings::default()),
     })
     .await
     {
