@@ -91,6 +91,57 @@ pub fn is_pod_ready(pod: &Pod) -> bool {
         })
 }
 
+/// Records a Kubernetes Event about `object` in its namespace (`type_` is
+/// `Normal` or `Warning`). Best effort: a failure is logged, not returned,
+/// so a loop never retries because of its own event.
+pub async fn record_event<K: Resource + Metadata<Ty = ObjectMeta>>(
+    client: &crate::client::Client,
+    object: &K,
+    type_: &str,
+    reason: &str,
+    message: &str,
+) {
+    use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    let meta = object.metadata();
+    let namespace = meta.namespace.clone().unwrap_or_else(|| "default".into());
+    let name = meta.name.clone().unwrap_or_default();
+    let now = Time(
+        k8s_openapi::jiff::Timestamp::from_second(crate::object::now_secs()).unwrap_or_default(),
+    );
+    let event = Event {
+        metadata: ObjectMeta {
+            generate_name: Some(format!("{name}.")),
+            namespace: Some(namespace.clone()),
+            ..Default::default()
+        },
+        involved_object: ObjectReference {
+            api_version: Some(K::API_VERSION.to_string()),
+            kind: Some(K::KIND.to_string()),
+            name: Some(name),
+            namespace: meta.namespace.clone(),
+            uid: meta.uid.clone(),
+            resource_version: meta.resource_version.clone(),
+            ..Default::default()
+        },
+        reason: Some(reason.to_string()),
+        message: Some(message.to_string()),
+        type_: Some(type_.to_string()),
+        source: Some(EventSource {
+            component: Some("orch-controller-manager".into()),
+            host: None,
+        }),
+        reporting_component: Some("orch-controller-manager".into()),
+        first_timestamp: Some(now.clone()),
+        last_timestamp: Some(now),
+        count: Some(1),
+        ..Default::default()
+    };
+    if let Err(e) = client.create(Some(&namespace), &event).await {
+        tracing::warn!(reason, error = %e, "could not record event");
+    }
+}
+
 /// `namespace/name` of an object.
 pub fn key(namespace: Option<&str>, name: &str) -> String {
     match namespace {
