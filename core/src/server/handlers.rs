@@ -59,14 +59,13 @@ pub(crate) async fn dispatch(
     body: Bytes,
 ) -> Result<Response<Body>, ApiError> {
     let route = parse(parts.uri.path())?;
-    // Objects are JSON (or YAML); a protobuf body gets 415, on which
-    // client-go falls back to JSON, as it does for custom resources.
-    let content_type = header(parts, "content-type");
-    if !body.is_empty() && content_type.contains("protobuf") {
-        return Err(ApiError::unsupported_media_type(format!(
-            "the body content type {content_type:?} is not supported; send JSON"
-        )));
-    }
+    // Objects are JSON (or YAML); kubectl's typed commands send protobuf,
+    // decoded here to the JSON they would have sent.
+    let body = if !body.is_empty() && header(parts, "content-type").contains("protobuf") {
+        Bytes::from(super::protobuf::decode(&body)?)
+    } else {
+        body
+    };
     let query = Query::parse(parts.uri.query());
     let method = &parts.method;
     let read_only = |value: Value| -> Result<Response<Body>, ApiError> {

@@ -4,6 +4,7 @@
 mod discovery;
 mod handlers;
 mod openapi;
+mod protobuf;
 mod request;
 mod route;
 mod table;
