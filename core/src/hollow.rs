@@ -1,1 +1,0 @@
-//! Hollow nodes (not written yet).
