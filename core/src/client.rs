@@ -71,15 +71,30 @@ fn error_from_status(code: u16, body: &[u8]) -> ApiError {
     }
 }
 
+/// The path of every `K` in `namespace`, or in all namespaces when it is
+/// `None` (for lists and watches).
+fn list_path<K: K8sResource>(namespace: Option<&str>) -> Result<String, ApiError> {
+    let served = resource::find(K::GROUP, K::VERSION, K::URL_PATH_SEGMENT)
+        .ok_or_else(|| ApiError::bad_request(format!("{} is not served by orch", K::KIND)))?;
+    match (served.namespaced, namespace) {
+        (true, None) => Ok(format!("{}/{}", api_base::<K>(), K::URL_PATH_SEGMENT)),
+        _ => collection_path::<K>(namespace),
+    }
+}
+
+fn api_base<K: K8sResource>() -> String {
+    if K::GROUP.is_empty() {
+        format!("/api/{}", K::VERSION)
+    } else {
+        format!("/apis/{}/{}", K::GROUP, K::VERSION)
+    }
+}
+
 /// The collection path of kind `K` (in `namespace` when namespaced).
 fn collection_path<K: K8sResource>(namespace: Option<&str>) -> Result<String, ApiError> {
     let served = resource::find(K::GROUP, K::VERSION, K::URL_PATH_SEGMENT)
         .ok_or_else(|| ApiError::bad_request(format!("{} is not served by orch", K::KIND)))?;
-    let base = if K::GROUP.is_empty() {
-        format!("/api/{}", K::VERSION)
-    } else {
-        format!("/apis/{}/{}", K::GROUP, K::VERSION)
-    };
+    let base = api_base::<K>();
     Ok(match (served.namespaced, namespace) {
         (true, Some(ns)) => format!("{base}/namespaces/{ns}/{}", K::URL_PATH_SEGMENT),
         (true, None) => {
@@ -209,6 +224,25 @@ impl Client {
         .await
     }
 
+    /// POSTs `body` to a subresource of an object (e.g. a Pod's `binding`
+    /// or `eviction`); returns the answer.
+    pub async fn create_subresource<K: K8sResource>(
+        &self,
+        namespace: Option<&str>,
+        name: &str,
+        subresource: &str,
+        body: &Value,
+    ) -> Result<Value, ApiError> {
+        let path = format!("{}/{name}/{subresource}", collection_path::<K>(namespace)?);
+        self.call(
+            Method::POST,
+            &path,
+            "application/json",
+            body.to_string().into_bytes(),
+        )
+        .await
+    }
+
     /// Reads an object.
     pub async fn get<K: K8sResource + DeserializeOwned>(
         &self,
@@ -220,14 +254,15 @@ impl Client {
             .await
     }
 
-    /// Lists objects, optionally by label selector; returns them with the
-    /// list's resourceVersion (to watch from).
+    /// Lists objects (of one namespace, or of all with `None`), optionally
+    /// by label selector; returns them with the list's resourceVersion (to
+    /// watch from).
     pub async fn list<K: K8sResource + DeserializeOwned>(
         &self,
         namespace: Option<&str>,
         label_selector: Option<&str>,
     ) -> Result<(Vec<K>, String), ApiError> {
-        let mut path = collection_path::<K>(namespace)?;
+        let mut path = list_path::<K>(namespace)?;
         if let Some(selector) = label_selector {
             path = format!("{path}?labelSelector={}", percent_encode(selector));
         }
@@ -318,8 +353,9 @@ impl Client {
             .unwrap_or(0))
     }
 
-    /// Watches objects after `resource_version` (empty: current objects
-    /// first, as ADDED). Bookmarks are skipped.
+    /// Watches objects (of one namespace, or of all with `None`) after
+    /// `resource_version` (empty: current objects first, as ADDED).
+    /// Bookmarks are skipped.
     pub async fn watch<K: K8sResource + DeserializeOwned + Send + 'static>(
         &self,
         namespace: Option<&str>,
@@ -328,7 +364,7 @@ impl Client {
     {
         let path = format!(
             "{}?watch=1&resourceVersion={}",
-            collection_path::<K>(namespace)?,
+            list_path::<K>(namespace)?,
             percent_encode(resource_version)
         );
         let body = self
