@@ -1,8 +1,499 @@
-//! The statefulset loop (not written yet).
+//! The StatefulSet loop: pods with stable names `<set>-0 .. <set>-(n-1)`,
+//! created, replaced and removed in ordinal order.
+//!
+//! - Pods are named `<set>-<ordinal>` and labelled
+//!   `statefulset.kubernetes.io/pod-name`, `apps.kubernetes.io/pod-index`
+//!   and `controller-revision-hash`; they get `hostname` = their name and
+//!   `subdomain` = `spec.serviceName`, and the set as controller owner.
+//! - `podManagementPolicy: OrderedReady` (the default): pod `i` is created
+//!   only once pods `0..i` are Running and Ready; scale-down removes the
+//!   highest ordinal first, one at a time, each gone before the next.
+//!   `Parallel` creates and deletes every pod at once.
+//! - A failed (or finished, or deleted) pod is deleted and recreated under
+//!   the same name.
+//! - `updateStrategy: RollingUpdate` deletes pods whose template is out of
+//!   date from the highest ordinal down to `partition`, one at a time, only
+//!   while every pod is Running and Ready (so each replacement is Ready
+//!   before the next pod goes). `OnDelete` leaves that to the user.
+//! - Revisions: ControllerRevision objects are not served by orch, so a
+//!   revision is the hash of the pod template ([`template_hash`]), carried
+//!   by each pod's `controller-revision-hash` label and reported as
+//!   `status.currentRevision` / `status.updateRevision`. Only the newest
+//!   template is known, so a pod below the partition that has to be
+//!   recreated comes back at the update revision.
+//! - `volumeClaimTemplates` are not supported yet (PersistentVolumeClaims
+//!   are not served): a set that has them gets a Warning Event
+//!   (`VolumeClaimTemplatesUnsupported`) and its pods run without the claims.
+//! - Pods are found through their controller owner reference; orphans that
+//!   match the selector are not adopted.
 
-use super::LoopContext;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetStatus};
+use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde_json::json;
+
+use super::informer::{revision_of, Cache, ObjectKey};
+use super::util;
+use super::{Action, LoopContext, ReconcileError};
+use crate::client::Client;
+use crate::patch::PatchType;
+
+/// Label naming a StatefulSet pod (its stable identity).
+pub const POD_NAME_LABEL: &str = "statefulset.kubernetes.io/pod-name";
+/// Label carrying a StatefulSet pod's ordinal.
+pub const POD_INDEX_LABEL: &str = "apps.kubernetes.io/pod-index";
+/// Label carrying the template revision a pod was created from.
+pub const REVISION_LABEL: &str = "controller-revision-hash";
+
+/// How long a reconcile waits for its own write to reach its cache.
+const WRITE_VISIBLE: Duration = Duration::from_secs(5);
+
+/// The revision of a pod template: FNV-1a (64 bit) of its JSON form, as
+/// hex. Stable across processes and versions (the JSON form of the
+/// `k8s-openapi` types has a fixed field order and sorted maps).
+pub fn template_hash(template: &PodTemplateSpec) -> String {
+    let bytes = serde_json::to_vec(template).unwrap_or_default();
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{:x}", hash & 0xff_ffff_ffff)
+}
+
+/// The current time, in whole seconds (the precision of Kubernetes'
+/// `metav1.Time`).
+pub(crate) fn now() -> k8s_openapi::jiff::Timestamp {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    k8s_openapi::jiff::Timestamp::from_second(since_epoch.as_secs() as i64)
+        .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH)
+}
+
+/// The ordinal of pod `pod` of set `set` (`web-3` -> 3).
+fn ordinal_of(set: &str, pod: &str) -> Option<i32> {
+    let rest = pod.strip_prefix(set)?.strip_prefix('-')?;
+    if rest.is_empty() || (rest.len() > 1 && rest.starts_with('0')) {
+        return None;
+    }
+    if !rest.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    rest.parse().ok()
+}
+
+fn phase(pod: &Pod) -> &str {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or("")
+}
+
+fn running_and_ready(pod: &Pod) -> bool {
+    phase(pod) == "Running" && util::is_pod_ready(pod) && pod.metadata.deletion_timestamp.is_none()
+}
+
+/// True once a pod has been Ready for `min_ready_seconds`.
+pub(crate) fn available(pod: &Pod, min_ready_seconds: i32) -> bool {
+    if !util::is_pod_ready(pod) {
+        return false;
+    }
+    if min_ready_seconds <= 0 {
+        return true;
+    }
+    let since = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+        .and_then(|c| c.last_transition_time.as_ref());
+    match since {
+        Some(t) => {
+            let ready_for = now().duration_since(t.0);
+            ready_for.as_secs() >= i64::from(min_ready_seconds)
+        }
+        None => false,
+    }
+}
+
+fn revision_label(pod: &Pod) -> Option<&str> {
+    pod.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(REVISION_LABEL))
+        .map(String::as_str)
+}
+
+struct Shared {
+    client: Client,
+    sets: Cache<StatefulSet>,
+    pods: Cache<Pod>,
+}
 
 /// Runs the statefulset loop until `ctx.stop` is cancelled.
 pub async fn run(ctx: LoopContext) {
-    ctx.stop.cancelled().await;
+    let queue = ctx.queue();
+    let q = queue.clone();
+    let sets = ctx
+        .informer::<StatefulSet>()
+        .start(ctx.stop.clone(), move |set: &StatefulSet| {
+            q.add(super::informer::key_of(&set.metadata))
+        });
+    let q = queue.clone();
+    let pods = ctx
+        .informer::<Pod>()
+        .index(util::BY_OWNER, util::owner_uids)
+        .start(ctx.stop.clone(), move |pod: &Pod| {
+            if let Some(owner) = util::controller_of(&pod.metadata) {
+                if owner.kind == "StatefulSet" {
+                    q.add(util::key(pod.metadata.namespace.as_deref(), &owner.name));
+                }
+            }
+        });
+    let shared = Arc::new(Shared {
+        client: ctx.client.clone(),
+        sets,
+        pods,
+    });
+    {
+        let mut sets = shared.sets.clone();
+        let mut pods = shared.pods.clone();
+        tokio::select! {
+            _ = ctx.stop.cancelled() => return,
+            _ = async { sets.wait_until_ready().await; pods.wait_until_ready().await } => {}
+        }
+    }
+    ctx.run("statefulset", queue, move |key| {
+        let shared = shared.clone();
+        async move { reconcile(&shared, key).await }
+    })
+    .await;
+}
+
+fn new_pod(set: &StatefulSet, ordinal: i32, revision: &str) -> Pod {
+    let set_name = set.metadata.name.clone().unwrap_or_default();
+    let spec = set.spec.clone().unwrap_or_default();
+    let template = spec.template;
+    let name = format!("{set_name}-{ordinal}");
+    let mut labels = template
+        .metadata
+        .clone()
+        .and_then(|m| m.labels)
+        .unwrap_or_default();
+    labels.insert(POD_NAME_LABEL.into(), name.clone());
+    labels.insert(POD_INDEX_LABEL.into(), ordinal.to_string());
+    labels.insert(REVISION_LABEL.into(), revision.to_string());
+    let mut pod_spec = template.spec.unwrap_or_default();
+    pod_spec.hostname = Some(name.clone());
+    if let Some(service) = spec.service_name.filter(|s| !s.is_empty()) {
+        pod_spec.subdomain = Some(service);
+    }
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(name),
+            namespace: set.metadata.namespace.clone(),
+            labels: Some(labels),
+            annotations: template.metadata.and_then(|m| m.annotations),
+            owner_references: Some(vec![util::controller_reference(set)]),
+            ..Default::default()
+        },
+        spec: Some(pod_spec),
+        status: None,
+    }
+}
+
+async fn create_pod(
+    shared: &Shared,
+    set: &StatefulSet,
+    ordinal: i32,
+    revision: &str,
+) -> Result<(), ReconcileError> {
+    let pod = new_pod(set, ordinal, revision);
+    let created = shared
+        .client
+        .create(set.metadata.namespace.as_deref(), &pod)
+        .await?;
+    tracing::debug!(pod = ?created.metadata.name, "created pod");
+    wait_pods(shared, revision_of(&created.metadata)).await
+}
+
+async fn delete_pod(shared: &Shared, pod: &Pod) -> Result<(), ReconcileError> {
+    let name = pod.metadata.name.as_deref().unwrap_or("");
+    let uid = pod.metadata.uid.clone();
+    let rev = match shared
+        .client
+        .delete_with::<Pod>(
+            pod.metadata.namespace.as_deref(),
+            name,
+            &json!({"preconditions": {"uid": uid}}),
+        )
+        .await
+    {
+        Ok(rev) => rev,
+        Err(e) if e.code == 404 || e.code == 409 => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    tracing::debug!(pod = name, "deleted pod");
+    wait_pods(shared, rev).await
+}
+
+async fn wait_pods(shared: &Shared, rev: u64) -> Result<(), ReconcileError> {
+    if shared.pods.wait_for_revision(rev, WRITE_VISIBLE).await {
+        Ok(())
+    } else {
+        Err(ReconcileError::Stale(format!(
+            "pod cache has not reached revision {rev}"
+        )))
+    }
+}
+
+async fn reconcile(shared: &Shared, key: ObjectKey) -> Result<Action, ReconcileError> {
+    let Some(set) = shared.sets.get(&key) else {
+        return Ok(Action::Done);
+    };
+    if set.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::Done);
+    }
+    let spec = set.spec.clone().unwrap_or_default();
+    let generation = set.metadata.generation;
+    let status = set.status.clone().unwrap_or_default();
+    let new_generation = status.observed_generation != generation;
+    let set_name = set.metadata.name.clone().unwrap_or_default();
+
+    let template_labels = spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.as_ref());
+    if !util::selector_matches(Some(&spec.selector), template_labels) {
+        if new_generation {
+            util::record_event(
+                &shared.client,
+                set.as_ref(),
+                "Warning",
+                "SelectorMismatch",
+                "spec.selector does not match the labels of spec.template",
+            )
+            .await;
+            write_status(
+                shared,
+                &set,
+                StatefulSetStatus {
+                    observed_generation: generation,
+                    ..status
+                },
+            )
+            .await?;
+        }
+        return Ok(Action::Done);
+    }
+    if new_generation
+        && spec
+            .volume_claim_templates
+            .as_ref()
+            .is_some_and(|v| !v.is_empty())
+    {
+        util::record_event(
+            &shared.client,
+            set.as_ref(),
+            "Warning",
+            "VolumeClaimTemplatesUnsupported",
+            "volumeClaimTemplates are not supported yet (PersistentVolumeClaims are not served): pods are created without the claims",
+        )
+        .await;
+    }
+
+    let replicas = spec.replicas.unwrap_or(1).max(0);
+    let ordered = spec.pod_management_policy.as_deref() != Some("Parallel");
+    let update_revision = template_hash(&spec.template);
+    let uid = set.metadata.uid.clone().unwrap_or_default();
+    let owned: Vec<Arc<Pod>> = shared
+        .pods
+        .by_index(util::BY_OWNER, &uid)
+        .into_iter()
+        .filter(|p| util::controller_of(&p.metadata).is_some_and(|o| o.uid == uid))
+        .collect();
+    let mut slots: Vec<Option<Arc<Pod>>> = vec![None; replicas as usize];
+    let mut condemned: Vec<(Option<i32>, Arc<Pod>)> = Vec::new();
+    for pod in &owned {
+        let ordinal = ordinal_of(&set_name, pod.metadata.name.as_deref().unwrap_or(""));
+        match ordinal {
+            Some(i) if i < replicas => slots[i as usize] = Some(pod.clone()),
+            _ => condemned.push((ordinal, pod.clone())),
+        }
+    }
+    // Highest ordinal first; pods without an ordinal before all others.
+    condemned.sort_by_key(|(ordinal, _)| std::cmp::Reverse(ordinal.unwrap_or(i32::MAX)));
+
+    'act: {
+        // 1. Every ordinal below `replicas` has a healthy pod.
+        let mut all_healthy = true;
+        for (i, slot) in slots.iter().enumerate() {
+            match slot {
+                None => {
+                    all_healthy = false;
+                    create_pod(shared, &set, i as i32, &update_revision).await?;
+                    if ordered {
+                        break 'act;
+                    }
+                }
+                Some(pod) if pod.metadata.deletion_timestamp.is_some() => {
+                    all_healthy = false;
+                    if ordered {
+                        break 'act;
+                    }
+                }
+                Some(pod) if matches!(phase(pod), "Failed" | "Succeeded") => {
+                    all_healthy = false;
+                    delete_pod(shared, pod).await?;
+                    if ordered {
+                        break 'act;
+                    }
+                }
+                Some(pod) if !running_and_ready(pod) => {
+                    all_healthy = false;
+                    if ordered {
+                        break 'act;
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+        // 2. Pods beyond `replicas` go, highest ordinal first.
+        for (_, pod) in &condemned {
+            all_healthy = false;
+            if pod.metadata.deletion_timestamp.is_none() {
+                delete_pod(shared, pod).await?;
+            }
+            if ordered {
+                break 'act;
+            }
+        }
+        // 3. Rolling update, one pod at a time, while everything is healthy.
+        let rolling = spec
+            .update_strategy
+            .as_ref()
+            .and_then(|s| s.type_.as_deref())
+            .unwrap_or("RollingUpdate")
+            == "RollingUpdate";
+        if rolling && all_healthy {
+            let partition = spec
+                .update_strategy
+                .as_ref()
+                .and_then(|s| s.rolling_update.as_ref())
+                .and_then(|r| r.partition)
+                .unwrap_or(0)
+                .max(0);
+            for i in (partition..replicas).rev() {
+                if let Some(pod) = &slots[i as usize] {
+                    if revision_label(pod) != Some(update_revision.as_str()) {
+                        delete_pod(shared, pod).await?;
+                        break 'act;
+                    }
+                }
+            }
+        }
+    }
+
+    // Status, from what this reconcile saw (its own writes bring it back).
+    let live: Vec<&Arc<Pod>> = owned
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect();
+    let min_ready = spec.min_ready_seconds.unwrap_or(0);
+    let count = |f: &dyn Fn(&Pod) -> bool| live.iter().filter(|p| f(p)).count() as i32;
+    let updated = count(&|p| revision_label(p) == Some(update_revision.as_str()));
+    let mut current_revision = status
+        .current_revision
+        .clone()
+        .filter(|r| !r.is_empty())
+        .unwrap_or_else(|| update_revision.clone());
+    if updated == replicas && live.len() as i32 == replicas {
+        current_revision = update_revision.clone();
+    }
+    let next = StatefulSetStatus {
+        replicas: live.len() as i32,
+        ready_replicas: Some(count(&|p| util::is_pod_ready(p))),
+        available_replicas: Some(count(&|p| available(p, min_ready))),
+        current_replicas: Some(count(&|p| {
+            revision_label(p) == Some(current_revision.as_str())
+        })),
+        updated_replicas: Some(updated),
+        current_revision: Some(current_revision),
+        update_revision: Some(update_revision),
+        observed_generation: generation,
+        collision_count: status.collision_count,
+        conditions: status.conditions.clone(),
+    };
+    if next != status {
+        write_status(shared, &set, next).await?;
+    }
+    // Pods counting toward minReadySeconds become available with time only.
+    let waiting_for_available = min_ready > 0
+        && live
+            .iter()
+            .any(|p| util::is_pod_ready(p) && !available(p, min_ready));
+    Ok(if waiting_for_available {
+        Action::RequeueAfter(Duration::from_secs(1))
+    } else {
+        Action::Done
+    })
+}
+
+async fn write_status(
+    shared: &Shared,
+    set: &StatefulSet,
+    status: StatefulSetStatus,
+) -> Result<(), ReconcileError> {
+    let patch = json!({ "status": status });
+    let written: StatefulSet = shared
+        .client
+        .patch(
+            set.metadata.namespace.as_deref(),
+            set.metadata.name.as_deref().unwrap_or(""),
+            Some("status"),
+            PatchType::Merge,
+            &patch,
+        )
+        .await?;
+    let rev = revision_of(&written.metadata);
+    if shared.sets.wait_for_revision(rev, WRITE_VISIBLE).await {
+        Ok(())
+    } else {
+        Err(ReconcileError::Stale(format!(
+            "statefulset cache has not reached revision {rev}"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn ordinals_come_from_stable_names() {
+        assert_eq!(ordinal_of("web", "web-0"), Some(0));
+        assert_eq!(ordinal_of("web", "web-12"), Some(12));
+        assert_eq!(ordinal_of("web", "web-01"), None);
+        assert_eq!(ordinal_of("web", "web-x"), None);
+        assert_eq!(ordinal_of("web", "webx-1"), None);
+        assert_eq!(ordinal_of("web", "web-"), None);
+    }
+
+    #[test]
+    fn template_hash_follows_the_template() {
+        let mut t = PodTemplateSpec::default();
+        let a = template_hash(&t);
+        assert_eq!(a, template_hash(&t));
+        t.metadata = Some(ObjectMeta {
+            labels: Some(BTreeMap::from([("app".to_string(), "x".to_string())])),
+            ..Default::default()
+        });
+        assert_ne!(a, template_hash(&t));
+    }
 }
