@@ -321,3 +321,47 @@ async fn hollow_nodes_over_http_fail_over_to_a_reachable_api_server() {
     hollow.shutdown().await;
     api.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hollow_cluster_of_500_nodes_renews_every_lease() {
+    let api = TestApi::start().await;
+    let client = api.plane.as_ref().unwrap().client();
+    let hollow = HollowCluster::start(
+        client.clone(),
+        HollowConfig {
+            renew_interval: Duration::from_secs(1),
+            ..config(500)
+        },
+    )
+    .await
+    .expect("500 hollow nodes register");
+    let registered = orch_core::hollow::objects::now_micro();
+    let (nodes, _) = client.list::<Node>(None, None).await.unwrap();
+    assert_eq!(nodes.len(), 500);
+    wait_until(
+        "every lease to be renewed after registration",
+        WAIT,
+        || async {
+            let (leases, _) = client
+                .list::<Lease>(Some(LEASE_NAMESPACE), None)
+                .await
+                .ok()?;
+            let renewed = leases
+                .iter()
+                .filter(|l| {
+                    serde_json::to_value(l.spec.as_ref().and_then(|s| s.renew_time.as_ref()))
+                        .ok()
+                        .and_then(|t| t.as_str().map(|t| t > registered.as_str()))
+                        .unwrap_or(false)
+                })
+                .count();
+            (renewed == 500).then_some(())
+        },
+    )
+    .await;
+    let stats = hollow.stats();
+    assert_eq!(stats.nodes, 500);
+    assert_eq!(stats.lease_errors, 0);
+    hollow.shutdown().await;
+    api.shutdown().await;
+}

@@ -54,7 +54,7 @@ struct Args {
     #[arg(long, default_value_t = 8)]
     creators: usize,
     /// Workers of the hollow nodes reporting pod status.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 256)]
     hollow_workers: usize,
     /// Lease renewal interval of every hollow node, in milliseconds.
     #[arg(long, default_value_t = 1_000)]
@@ -507,13 +507,14 @@ async fn main() -> Result<()> {
         to_running.max() as f64 / 1000.0
     );
     println!(
-        "hollow node : bound→Running written p50 {:>8.1} ms  p99 {:>8.1} ms  ({} pods started, {} status errors, {} lease renewals, {} lease errors)",
+        "hollow node : bound→Running written p50 {:>8.1} ms  p99 {:>8.1} ms  ({} pods started, {} status errors, {} lease renewals, {} lease errors, {} Ready re-reports)",
         ms(&hollow_side, 0.5),
         ms(&hollow_side, 0.99),
         stats.pods_started,
         stats.pod_errors,
         stats.lease_renewals,
-        stats.lease_errors
+        stats.lease_errors,
+        stats.ready_reports
     );
     for (name, metrics) in masters[leader].loops.metrics().all() {
         let s = metrics.snapshot();

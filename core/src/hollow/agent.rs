@@ -256,6 +256,10 @@ async fn reconcile_node(shared: &Shared, name: &str) -> Result<Action, Reconcile
         .await;
     match patched {
         Ok(node) => {
+            shared
+                .counters
+                .ready_reports
+                .fetch_add(1, Ordering::Relaxed);
             nodes
                 .wait_for_revision(revision_of(&node.metadata), OWN_WRITE_WAIT)
                 .await;

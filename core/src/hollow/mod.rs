@@ -80,7 +80,7 @@ impl Default for HollowConfig {
             labels: BTreeMap::new(),
             renew_interval: Duration::from_secs(1),
             lease_duration_seconds: 40,
-            workers: 32,
+            workers: 128,
             max_in_flight: 256,
             failover: Vec::new(),
         }
@@ -120,6 +120,9 @@ pub struct HollowStats {
     pub lease_renewals: u64,
     /// Lease renewals that failed.
     pub lease_errors: u64,
+    /// Times a live node found itself not Ready (e.g. marked so by node
+    /// lifecycle) and reported Ready again.
+    pub ready_reports: u64,
 }
 
 /// Samples of bound-to-Running latency kept at most.
@@ -149,6 +152,7 @@ pub(crate) struct Counters {
     pub(crate) pod_errors: AtomicU64,
     pub(crate) lease_renewals: AtomicU64,
     pub(crate) lease_errors: AtomicU64,
+    pub(crate) ready_reports: AtomicU64,
 }
 
 /// What every task of a hollow cluster shares.
@@ -334,6 +338,7 @@ impl HollowCluster {
             pod_errors: c.pod_errors.load(Ordering::Relaxed),
             lease_renewals: c.lease_renewals.load(Ordering::Relaxed),
             lease_errors: c.lease_errors.load(Ordering::Relaxed),
+            ready_reports: c.ready_reports.load(Ordering::Relaxed),
         }
     }
 
