@@ -217,6 +217,89 @@ async fn statefulset_parallel_policy_creates_every_pod_at_once_and_warns_about_c
     api.shutdown().await;
 }
 
+async fn revision_of_pod(client: &Client, name: &str) -> Option<String> {
+    pod(client, name)
+        .await?
+        .metadata
+        .labels?
+        .get("controller-revision-hash")
+        .cloned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn statefulset_rolls_a_new_template_out_from_the_highest_ordinal() {
+    let api = TestApi::start().await;
+    let client = api.plane.as_ref().unwrap().client();
+    let ctx = start(&client, LoopSettings::default(), statefulset::run);
+    let set: StatefulSet = from_json(json!({
+        "apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {"name": "kv"},
+        "spec": {
+            "replicas": 3, "serviceName": "kv", "podManagementPolicy": "Parallel",
+            "selector": {"matchLabels": {"app": "kv"}},
+            "template": {"metadata": {"labels": {"app": "kv"}}, "spec": {"containers": container()}}
+        }
+    }));
+    client.create(Some(NS), &set).await.expect("set created");
+    for name in ["kv-0", "kv-1", "kv-2"] {
+        wait_until(name, WAIT, || pod(&client, name)).await;
+        make_ready(&client, name).await;
+    }
+    let old = revision_of_pod(&client, "kv-0").await.unwrap();
+    let _: StatefulSet = client
+        .patch(
+            Some(NS),
+            "kv",
+            None,
+            PatchType::Merge,
+            &json!({"spec": {"template": {"metadata": {"annotations": {"version": "2"}}}}}),
+        )
+        .await
+        .expect("template changed");
+
+    // kv-2 is replaced first; kv-1 waits until the new kv-2 is Ready.
+    wait_until("kv-2 at the new revision", WAIT, || async {
+        let rev = revision_of_pod(&client, "kv-2").await?;
+        (rev != old).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        revision_of_pod(&client, "kv-1").await.as_deref(),
+        Some(old.as_str())
+    );
+    make_ready(&client, "kv-2").await;
+    wait_until("kv-1 at the new revision", WAIT, || async {
+        let rev = revision_of_pod(&client, "kv-1").await?;
+        (rev != old).then_some(())
+    })
+    .await;
+    assert_eq!(
+        revision_of_pod(&client, "kv-0").await.as_deref(),
+        Some(old.as_str())
+    );
+    make_ready(&client, "kv-1").await;
+    wait_until("kv-0 at the new revision", WAIT, || async {
+        let rev = revision_of_pod(&client, "kv-0").await?;
+        (rev != old).then_some(())
+    })
+    .await;
+    make_ready(&client, "kv-0").await;
+    wait_until("rollout complete", WAIT, || async {
+        let set: StatefulSet = client.get(Some(NS), "kv").await.ok()?;
+        let s = set.status?;
+        (s.updated_replicas == Some(3)
+            && s.ready_replicas == Some(3)
+            && s.current_revision.is_some()
+            && s.current_revision == s.update_revision
+            && s.current_revision.as_deref() != Some(old.as_str()))
+        .then_some(())
+    })
+    .await;
+    ctx.stop.cancel();
+    api.shutdown().await;
+}
+
 fn daemon_set(name: &str, tolerations: Value) -> DaemonSet {
     from_json(json!({
         "apiVersion": "apps/v1", "kind": "DaemonSet",
@@ -306,6 +389,22 @@ async fn daemonset_runs_one_pod_per_eligible_node() {
             && s.updated_number_scheduled == Some(3)
             && s.number_misscheduled == 0)
             .then_some(())
+    })
+    .await;
+
+    // A node that is no longer eligible loses its pod.
+    let _: Node = client
+        .patch(
+            None,
+            "n2",
+            None,
+            PatchType::Merge,
+            &json!({"spec": {"taints": [{"key": "maintenance", "effect": "NoExecute"}]}}),
+        )
+        .await
+        .expect("node tainted");
+    wait_until("agent off n2", WAIT, || async {
+        (nodes_of(&client, "agent").await == ["n1", "n4"]).then_some(())
     })
     .await;
     ctx.stop.cancel();
@@ -452,6 +551,35 @@ async fn job_fails_once_the_backoff_limit_is_exceeded() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn job_fails_when_its_active_deadline_passes() {
+    let api = TestApi::start().await;
+    let client = api.plane.as_ref().unwrap().client();
+    let ctx = start(&client, LoopSettings::default(), job::run);
+    let mut slow = job_of("slow", 1, 1, 6);
+    slow.spec.as_mut().unwrap().active_deadline_seconds = Some(1);
+    client.create(Some(NS), &slow).await.expect("job created");
+    wait_until("a pod", WAIT, || async {
+        active_job_pods(&client, "slow").await.pop()
+    })
+    .await;
+    let failed = wait_until("DeadlineExceeded", WAIT, || async {
+        let job: Job = client.get(Some(NS), "slow").await.ok()?;
+        condition(&job, "Failed")
+    })
+    .await;
+    assert_eq!(failed.1, "DeadlineExceeded");
+    wait_until("no active pod", WAIT, || async {
+        active_job_pods(&client, "slow")
+            .await
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    ctx.stop.cancel();
+    api.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hpa_scales_a_deployment_up_when_its_pods_are_busy() {
     let api = TestApi::start().await;
     let client = api.plane.as_ref().unwrap().client();
@@ -481,13 +609,19 @@ async fn hpa_scales_a_deployment_up_when_its_pods_are_busy() {
         make_ready(&client, name).await;
     }
     assert_eq!(hpa::CPU_USAGE_ANNOTATION, "orch.dev/cpu-usage-millicores");
-    let ctx = start(&client, LoopSettings::default(), hpa::run);
+    // A sync period of 30 node monitor periods: 1.5 s here.
+    let settings = LoopSettings {
+        node_monitor_period: Duration::from_millis(50),
+        ..LoopSettings::default()
+    };
+    let ctx = start(&client, settings, hpa::run);
     let autoscaler: HorizontalPodAutoscaler = from_json(json!({
         "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
         "metadata": {"name": "web"},
         "spec": {
             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"},
             "minReplicas": 1, "maxReplicas": 6,
+            "behavior": {"scaleDown": {"stabilizationWindowSeconds": 0}},
             "metrics": [{"type": "Resource", "resource": {"name": "cpu",
                 "target": {"type": "Utilization", "averageUtilization": 50}}}]
         }
