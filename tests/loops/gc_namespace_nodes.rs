@@ -214,6 +214,95 @@ async fn gc_foreground_deletes_dependents_before_the_owner() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gc_foreground_cascades_through_replicasets() {
+    let api = TestApi::start().await;
+    let client = api.plane.as_ref().unwrap().client();
+    let deploy: k8s_openapi::api::apps::v1::Deployment = from_json(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "main", "image": "busybox:1.36"}]}
+            }
+        }
+    }));
+    let deploy = client.create(Some(NS), &deploy).await.expect("deployment");
+    let mut rs: ReplicaSet = from_json(json!({
+        "apiVersion": "apps/v1", "kind": "ReplicaSet",
+        "metadata": {"name": "web-1", "ownerReferences": [{
+            "apiVersion": "apps/v1", "kind": "Deployment", "name": "web",
+            "uid": uid_of(&deploy.metadata), "controller": true, "blockOwnerDeletion": true
+        }]},
+        "spec": {
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "main", "image": "busybox:1.36"}]}
+            }
+        }
+    }));
+    rs = client.create(Some(NS), &rs).await.expect("rs");
+    let uid = uid_of(&rs.metadata);
+    let owner = Some(("apps/v1", "ReplicaSet", "web-1", uid.as_str()));
+    create_owned_pod(&client, NS, "web-1-a", owner, None).await;
+    create_owned_pod(&client, NS, "web-1-b", owner, Some("node-1")).await;
+    let ctx = start(&client, LoopSettings::default(), garbage_collector::run);
+
+    api.kubectl_ok(&[
+        "delete",
+        "deployment",
+        "web",
+        "--cascade=foreground",
+        "--wait=false",
+    ])
+    .await;
+    // The ReplicaSet is deleted in the foreground too: it waits for its
+    // terminating pod, and the Deployment waits for it.
+    wait_until(
+        "the replicaset waits in foreground deletion",
+        WAIT,
+        || async {
+            let rs: ReplicaSet = client.get(Some(NS), "web-1").await.ok()?;
+            let finalizers = rs.metadata.finalizers.unwrap_or_default();
+            finalizers
+                .contains(&"foregroundDeletion".to_string())
+                .then_some(())
+        },
+    )
+    .await;
+    wait_until("the bound pod is terminating", WAIT, || async {
+        let pod = client.get::<Pod>(Some(NS), "web-1-b").await.ok()?;
+        pod.metadata.deletion_timestamp.map(|_| ())
+    })
+    .await;
+    assert!(!pod_exists(&client, NS, "web-1-a").await);
+    assert!(client
+        .get::<k8s_openapi::api::apps::v1::Deployment>(Some(NS), "web")
+        .await
+        .is_ok());
+    client
+        .delete_with::<Pod>(Some(NS), "web-1-b", &json!({"gracePeriodSeconds": 0}))
+        .await
+        .expect("pod force-deleted");
+    wait_until(
+        "the replicaset and the deployment are gone",
+        WAIT,
+        || async {
+            let rs = client.get::<ReplicaSet>(Some(NS), "web-1").await;
+            let deploy = client
+                .get::<k8s_openapi::api::apps::v1::Deployment>(Some(NS), "web")
+                .await;
+            (rs.is_err() && deploy.is_err()).then_some(())
+        },
+    )
+    .await;
+    ctx.stop.cancel();
+    api.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn gc_orphan_keeps_dependents_without_the_reference() {
     let api = TestApi::start().await;
     let client = api.plane.as_ref().unwrap().client();
@@ -541,6 +630,50 @@ async fn node_with_expired_lease_is_tainted_and_its_pods_evicted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn node_reporting_not_ready_gets_not_ready_taints() {
+    let api = TestApi::start().await;
+    let client = api.plane.as_ref().unwrap().client();
+    create_ready_node(&client, "n1").await;
+    let renewing = keep_renewing(&client, "n1");
+    create_running_pod(&client, "web", "n1", json!([])).await;
+    let ctx = start(&client, LoopSettings::default(), node_lifecycle::run);
+
+    // The agent is alive (lease renewed) but reports the node not Ready.
+    let _: Node = client
+        .patch(
+            None,
+            "n1",
+            Some("status"),
+            PatchType::Merge,
+            &json!({"status": {"conditions": [{"type": "Ready", "status": "False", "reason": "KubeletNotReady"}]}}),
+        )
+        .await
+        .unwrap();
+    wait_until("not-ready taints", WAIT, || async {
+        let node: Node = client.get(None, "n1").await.ok()?;
+        (taints_of(&node)
+            == vec![
+                "node.kubernetes.io/not-ready:NoExecute",
+                "node.kubernetes.io/not-ready:NoSchedule",
+            ])
+        .then_some(())
+    })
+    .await;
+    // Its pod is evicted with its grace period: the live agent finishes it.
+    let pod = wait_until("the pod is terminating", WAIT, || async {
+        let pod: Pod = client.get(Some(NS), "web").await.ok()?;
+        pod.metadata.deletion_timestamp.is_some().then_some(pod)
+    })
+    .await;
+    assert_eq!(pod_ready(&pod).as_deref(), Some("False"));
+    let node: Node = client.get(None, "n1").await.unwrap();
+    assert_eq!(ready_of(&node), "False", "the agent's report is kept");
+    renewing.cancel();
+    ctx.stop.cancel();
+    api.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn node_toleration_seconds_delays_eviction() {
     let api = TestApi::start().await;
     let client = api.plane.as_ref().unwrap().client();
@@ -763,6 +896,7 @@ async fn endpoints_follow_pod_readiness() {
     create_web_pod(&client, "web-2", "web", "10.244.0.12", false).await;
     create_web_pod(&client, "db-1", "db", "10.244.0.13", true).await;
     let ctx = start(&client, LoopSettings::default(), endpoints::run);
+    let gc = start(&client, LoopSettings::default(), garbage_collector::run);
 
     let t = |name: &str, ip: &str, ready: bool, terminating: bool| {
         (name.to_string(), ip.to_string(), ready, terminating)
@@ -857,6 +991,19 @@ async fn endpoints_follow_pod_readiness() {
             .then_some(())
     })
     .await;
+    wait_until(
+        "the slices are collected with their Service",
+        WAIT,
+        || async {
+            let (slices, _) = client
+                .list::<EndpointSlice>(Some(NS), Some("kubernetes.io/service-name=web"))
+                .await
+                .ok()?;
+            slices.is_empty().then_some(())
+        },
+    )
+    .await;
+    gc.stop.cancel();
     ctx.stop.cancel();
     api.shutdown().await;
 }
