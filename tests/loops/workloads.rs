@@ -12,6 +12,7 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use orch_core::controller::{daemonset, hpa, job, statefulset, LoopContext, LoopSettings};
+use orch_core::hollow::{HollowCluster, HollowConfig};
 use orch_core::patch::PatchType;
 use orch_core::registry::EventType;
 use orch_core::Client;
@@ -405,6 +406,69 @@ async fn daemonset_runs_one_pod_per_eligible_node() {
         .expect("node tainted");
     wait_until("agent off n2", WAIT, || async {
         (nodes_of(&client, "agent").await == ["n1", "n4"]).then_some(())
+    })
+    .await;
+    ctx.stop.cancel();
+    api.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn daemonset_rolls_a_new_template_out_node_by_node() {
+    let api = TestApi::start().await;
+    let client = api.plane.as_ref().unwrap().client();
+    // Hollow nodes run bound pods (Running and Ready) and finish deleted ones.
+    let _hollow = HollowCluster::start(
+        client.clone(),
+        HollowConfig {
+            nodes: 3,
+            renew_interval: Duration::from_millis(200),
+            ..HollowConfig::default()
+        },
+    )
+    .await
+    .expect("hollow nodes register");
+    let ctx = start(&client, LoopSettings::default(), daemonset::run);
+    client
+        .create(Some(NS), &daemon_set("logs", json!([])))
+        .await
+        .expect("daemon set created");
+    let ready = |revision: Option<String>| {
+        let client = client.clone();
+        async move {
+            let set: DaemonSet = client.get(Some(NS), "logs").await.ok()?;
+            let s = set.status?;
+            let pods = pods_with(&client, "app=logs").await;
+            let revisions: Vec<Option<String>> = pods
+                .iter()
+                .map(|p| {
+                    p.metadata
+                        .labels
+                        .as_ref()?
+                        .get("controller-revision-hash")
+                        .cloned()
+                })
+                .collect();
+            (s.number_ready == 3
+                && s.updated_number_scheduled == Some(3)
+                && pods.len() == 3
+                && revisions.iter().all(|r| r.is_some() && *r != revision))
+            .then(|| revisions[0].clone())
+            .flatten()
+        }
+    };
+    let old = wait_until("three ready pods", WAIT, || ready(None)).await;
+    let _: DaemonSet = client
+        .patch(
+            Some(NS),
+            "logs",
+            None,
+            PatchType::Merge,
+            &json!({"spec": {"template": {"metadata": {"annotations": {"version": "2"}}}}}),
+        )
+        .await
+        .expect("template changed");
+    wait_until("three ready pods at the new revision", WAIT, || {
+        ready(Some(old.clone()))
     })
     .await;
     ctx.stop.cancel();
