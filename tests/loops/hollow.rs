@@ -5,8 +5,9 @@
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Container, Node, Pod, PodSpec};
+use k8s_openapi::api::core::v1::{Container, Node, Pod, PodSpec, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use orch_core::controller::{node_lifecycle, LoopContext, LoopSettings};
 use orch_core::hollow::{HollowCluster, HollowConfig, LEASE_NAMESPACE};
 use orch_core::patch::PatchType;
 use orch_core::Client;
@@ -362,6 +363,86 @@ async fn hollow_cluster_of_500_nodes_renews_every_lease() {
     let stats = hollow.stats();
     assert_eq!(stats.nodes, 500);
     assert_eq!(stats.lease_errors, 0);
+    hollow.shutdown().await;
+    api.shutdown().await;
+}
+
+fn node_ready(node: &Node) -> Option<String> {
+    node.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| c.status.clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hollow_stopped_node_goes_not_ready_under_node_lifecycle_and_recovers() {
+    let api = TestApi::start().await;
+    let client = api.plane.as_ref().unwrap().client();
+    let ctx = LoopContext::new(client.clone(), LoopSettings::default());
+    tokio::spawn(node_lifecycle::run(ctx.clone()));
+    let hollow = HollowCluster::start(client.clone(), config(2))
+        .await
+        .expect("hollow nodes register");
+    let mut tolerant = pod("tolerant", "hollow-node-1");
+    tolerant.spec.as_mut().unwrap().tolerations = Some(vec![Toleration {
+        operator: Some("Exists".into()),
+        ..Default::default()
+    }]);
+    client.create(Some("default"), &tolerant).await.unwrap();
+    wait_until("the pod to run", WAIT, || {
+        running_and_ready(&client, "tolerant")
+    })
+    .await;
+
+    // A dead node: its lease goes stale, node lifecycle marks it.
+    hollow.stop_node("hollow-node-1");
+    wait_until("the dead node to be NotReady", WAIT, || async {
+        let node: Node = client.get(None, "hollow-node-1").await.ok()?;
+        (node_ready(&node)? != "True").then_some(())
+    })
+    .await;
+    let table = api.kubectl_ok(&["get", "nodes"]).await;
+    let line = table
+        .lines()
+        .find(|l| l.starts_with("hollow-node-1"))
+        .unwrap();
+    assert!(line.contains("NotReady"), "{line}");
+    let alive: Node = client.get(None, "hollow-node-0").await.unwrap();
+    assert_eq!(
+        node_ready(&alive).as_deref(),
+        Some("True"),
+        "the live node stays Ready"
+    );
+
+    wait_until(
+        "the dead node's pod to be marked not Ready",
+        WAIT,
+        || async {
+            running_and_ready(&client, "tolerant")
+                .await
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+
+    // Back: Ready again, and so is its pod.
+    hollow.resume_node("hollow-node-1");
+    wait_until("the node to be Ready again", WAIT, || async {
+        let node: Node = client.get(None, "hollow-node-1").await.ok()?;
+        (node_ready(&node)? == "True").then_some(())
+    })
+    .await;
+    wait_until("the pod to be Ready again", WAIT, || {
+        running_and_ready(&client, "tolerant")
+    })
+    .await;
+    assert!(hollow.stats().pod_ready_reports >= 1);
+    assert!(hollow.stats().ready_reports >= 1);
+    ctx.stop.cancel();
     hollow.shutdown().await;
     api.shutdown().await;
 }

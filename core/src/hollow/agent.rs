@@ -40,27 +40,36 @@ fn is_ready(node: &Node) -> bool {
         .is_some_and(|all| all.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-/// A pod event: queue the pods of live hollow nodes that need starting or
-/// deleting.
+/// True for a pod this hollow node has nothing to do for: finished, or
+/// Running with its Ready condition True.
+fn is_settled(pod: &Pod) -> bool {
+    match phase_of(pod) {
+        Some("Succeeded" | "Failed") => true,
+        Some("Running") => crate::controller::util::is_pod_ready(pod),
+        _ => false,
+    }
+}
+
+/// A pod event: queue the pods of live hollow nodes that need starting,
+/// deleting, or (Running but marked not Ready, e.g. while their node was
+/// unreachable) reporting Ready again.
 fn on_pod(shared: &Shared, pod: &Pod) {
     let Some(node) = node_of(pod).and_then(|n| shared.node(n)) else {
         return;
     };
     let deleting = pod.metadata.deletion_timestamp.is_some();
-    let settled = matches!(phase_of(pod), Some("Running" | "Succeeded" | "Failed"));
-    if deleting || settled {
-        if deleting && node.is_alive() {
-            shared.queue.add(key_of(&pod.metadata));
-        }
+    if !deleting && is_settled(pod) {
         return;
     }
     let key = key_of(&pod.metadata);
-    shared
-        .first_seen
-        .lock()
-        .expect("seen lock")
-        .entry(key.clone())
-        .or_insert_with(Instant::now);
+    if !deleting && phase_of(pod) != Some("Running") {
+        shared
+            .first_seen
+            .lock()
+            .expect("seen lock")
+            .entry(key.clone())
+            .or_insert_with(Instant::now);
+    }
     if node.is_alive() {
         shared.queue.add(key);
     }
@@ -185,15 +194,21 @@ async fn reconcile_pod(
         }
         return Ok(Action::Done);
     }
-    if matches!(phase_of(&pod), Some("Running" | "Succeeded" | "Failed")) {
+    if is_settled(&pod) {
         return Ok(Action::Done);
     }
+    let was_running = phase_of(&pod) == Some("Running");
     let pod_cidr = shared
         .node_cache()
         .and_then(|nodes| nodes.get(&node.name))
         .and_then(|n| n.spec.as_ref().and_then(|s| s.pod_cidr.clone()));
-    let n = node.next_ip.fetch_add(1, Ordering::Relaxed);
-    let pod_ip = objects::pod_ip(pod_cidr.as_deref(), node.index, n).to_string();
+    let pod_ip = match pod.status.as_ref().and_then(|s| s.pod_ip.clone()) {
+        Some(ip) if was_running && !ip.is_empty() => ip,
+        _ => {
+            let n = node.next_ip.fetch_add(1, Ordering::Relaxed);
+            objects::pod_ip(pod_cidr.as_deref(), node.index, n).to_string()
+        }
+    };
     let host_ip = objects::host_ip(node.index).to_string();
     let patch = objects::running_status(&pod, &host_ip, &pod_ip);
     let patched = shared
@@ -215,8 +230,15 @@ async fn reconcile_pod(
         .await;
     match patched {
         Ok(pod) => {
-            shared.counters.pods_started.fetch_add(1, Ordering::Relaxed);
-            shared.record_latency(key);
+            if was_running {
+                shared
+                    .counters
+                    .pod_ready_reports
+                    .fetch_add(1, Ordering::Relaxed);
+            } else {
+                shared.counters.pods_started.fetch_add(1, Ordering::Relaxed);
+                shared.record_latency(key);
+            }
             pods.wait_for_revision(revision_of(&pod.metadata), OWN_WRITE_WAIT)
                 .await;
             Ok(Action::Done)

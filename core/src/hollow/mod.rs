@@ -120,6 +120,9 @@ pub struct HollowStats {
     pub lease_renewals: u64,
     /// Lease renewals that failed.
     pub lease_errors: u64,
+    /// Running pods that were marked not Ready (while their node was
+    /// unreachable) and were reported Ready again.
+    pub pod_ready_reports: u64,
     /// Times a live node found itself not Ready (e.g. marked so by node
     /// lifecycle) and reported Ready again.
     pub ready_reports: u64,
@@ -153,6 +156,7 @@ pub(crate) struct Counters {
     pub(crate) lease_renewals: AtomicU64,
     pub(crate) lease_errors: AtomicU64,
     pub(crate) ready_reports: AtomicU64,
+    pub(crate) pod_ready_reports: AtomicU64,
 }
 
 /// What every task of a hollow cluster shares.
@@ -339,6 +343,7 @@ impl HollowCluster {
             lease_renewals: c.lease_renewals.load(Ordering::Relaxed),
             lease_errors: c.lease_errors.load(Ordering::Relaxed),
             ready_reports: c.ready_reports.load(Ordering::Relaxed),
+            pod_ready_reports: c.pod_ready_reports.load(Ordering::Relaxed),
         }
     }
 

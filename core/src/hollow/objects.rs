@@ -196,6 +196,14 @@ pub fn running_status(pod: &Pod, host_ip: &str, pod_ip: &str) -> Value {
             .flatten()
             .map(|c| {
                 let image = c.image.clone().unwrap_or_default();
+                let started_at = pod
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.container_statuses.as_ref())
+                    .and_then(|all| all.iter().find(|s| s.name == c.name))
+                    .and_then(|s| s.state.as_ref()?.running.as_ref()?.started_at.as_ref())
+                    .and_then(|t| serde_json::to_value(t).ok())
+                    .unwrap_or_else(|| json!(now));
                 json!({
                     "name": c.name,
                     "image": image,
@@ -204,7 +212,7 @@ pub fn running_status(pod: &Pod, host_ip: &str, pod_ip: &str) -> Value {
                     "ready": true,
                     "started": true,
                     "restartCount": 0,
-                    "state": {"running": {"startedAt": now}},
+                    "state": {"running": {"startedAt": started_at}},
                 })
             })
             .collect()
