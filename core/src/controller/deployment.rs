@@ -228,7 +228,8 @@ fn fnv32a(bytes: &[u8]) -> u32 {
 /// The `pod-template-hash` of a template (with the Deployment's collision
 /// count), encoded like Kubernetes' `SafeEncodeString`.
 pub fn template_hash(template: &PodTemplateSpec, collision_count: Option<i32>) -> String {
-    let mut bytes = serde_json::to_vec(template).unwrap_or_default();
+    let normal = serde_json::to_value(template).ok().and_then(pruned);
+    let mut bytes = serde_json::to_vec(&normal).unwrap_or_default();
     if let Some(count) = collision_count {
         bytes.extend_from_slice(&(count as u32).to_le_bytes());
     }
@@ -254,9 +255,37 @@ fn without_hash(template: &PodTemplateSpec) -> PodTemplateSpec {
     t
 }
 
-/// True when two templates differ at most in `pod-template-hash`.
+/// Drops nulls, empty objects and empty arrays, so that a template written
+/// by a client that spells out empty values (`resources: {}`,
+/// `creationTimestamp: null`) equals one that leaves them out, as
+/// Kubernetes' semantic equality has it.
+fn pruned(value: serde_json::Value) -> Option<serde_json::Value> {
+    use serde_json::Value;
+    match value {
+        Value::Null => None,
+        Value::Object(map) => {
+            let map: serde_json::Map<String, Value> = map
+                .into_iter()
+                .filter_map(|(k, v)| pruned(v).map(|v| (k, v)))
+                .collect();
+            (!map.is_empty()).then_some(Value::Object(map))
+        }
+        Value::Array(items) => {
+            let items: Vec<Value> = items
+                .into_iter()
+                .map(|v| pruned(v).unwrap_or(Value::Null))
+                .collect();
+            (!items.is_empty()).then_some(Value::Array(items))
+        }
+        other => Some(other),
+    }
+}
+
+/// True when two templates differ at most in `pod-template-hash` (and in
+/// empty values spelled out or left out).
 pub fn equal_ignore_hash(a: &PodTemplateSpec, b: &PodTemplateSpec) -> bool {
-    without_hash(a) == without_hash(b)
+    let normal = |t: &PodTemplateSpec| serde_json::to_value(without_hash(t)).ok().and_then(pruned);
+    normal(a) == normal(b)
 }
 
 fn now() -> Time {
@@ -1376,5 +1405,11 @@ mod tests {
             .insert(POD_TEMPLATE_HASH.into(), "abc".into());
         assert!(equal_ignore_hash(&a, &b));
         assert!(!equal_ignore_hash(&a, &template("nginx:1.26")));
+        // Empty values spelled out by a client are no difference.
+        let mut c = a.clone();
+        c.metadata.as_mut().unwrap().creation_timestamp = None;
+        c.spec.as_mut().unwrap().containers[0].resources = Some(Default::default());
+        c.spec.as_mut().unwrap().containers[0].env = Some(Vec::new());
+        assert!(equal_ignore_hash(&a, &c));
     }
 }
