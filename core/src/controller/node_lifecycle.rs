@@ -21,8 +21,8 @@
 //!   to False;
 //! - a pod that does not tolerate a NoExecute taint of its node is deleted
 //!   at once; one that tolerates it for `tolerationSeconds` is deleted that
-//!   long after the taint's `timeAdded`; one that tolerates it without
-//!   `tolerationSeconds` stays.
+//!   long after this controller first saw the taint; one that tolerates it
+//!   without `tolerationSeconds` stays.
 //!
 //! Pods deleted from an unreachable node (stale Lease) are deleted with
 //! `gracePeriodSeconds: 0`: no agent is left to stop their containers and
@@ -69,9 +69,9 @@ struct Memory {
     /// Per node: the Lease renewTime last seen, and when it was seen to
     /// change.
     renewals: HashMap<String, (Option<String>, Instant)>,
-    /// Per `node/taint key/effect`: when a taint without `timeAdded` was
-    /// first seen.
-    taints_seen: HashMap<String, Timestamp>,
+    /// Per `node/taint key/effect`: the taint's `timeAdded` and when this
+    /// controller first saw it.
+    taints_seen: HashMap<String, (Option<String>, Instant)>,
 }
 
 /// The caches and settings one reconcile reads.
@@ -426,16 +426,34 @@ fn eviction_after(pod: &Pod, taints: &[Taint]) -> Option<Duration> {
     limit.map(|s| Duration::from_secs(s as u64))
 }
 
-/// When `taint` of `node` was added.
-fn taint_added(state: &State, node: &str, taint: &Taint) -> Timestamp {
-    if let Some(t) = &taint.time_added {
-        return t.0;
-    }
+/// When this controller first saw the NoExecute taints of `node` (the
+/// latest of them), forgetting taints the node no longer has. Tolerations
+/// count from there, as in Kubernetes' taint manager: on this controller's
+/// monotonic clock, so a new leader gives every pod its full toleration.
+fn taints_seen_since(state: &State, node: &str, taints: &[&Taint]) -> Instant {
     let mut memory = state.memory.lock().expect("node memory lock");
-    *memory
+    let prefix = format!("{node}/");
+    let keys: Vec<String> = taints
+        .iter()
+        .map(|t| format!("{node}/{}/{}", t.key, t.effect))
+        .collect();
+    memory
         .taints_seen
-        .entry(format!("{node}/{}/{}", taint.key, taint.effect))
-        .or_insert_with(now)
+        .retain(|k, _| !k.starts_with(&prefix) || keys.contains(k));
+    let now = Instant::now();
+    let mut since: Option<Instant> = None;
+    for (taint, key) in taints.iter().zip(keys) {
+        let added = taint.time_added.as_ref().map(|t| t.0.to_string());
+        let entry = memory
+            .taints_seen
+            .entry(key)
+            .or_insert_with(|| (added.clone(), now));
+        if entry.0 != added {
+            *entry = (added, now);
+        }
+        since = Some(since.map_or(entry.1, |s| s.max(entry.1)));
+    }
+    since.unwrap_or(now)
 }
 
 /// Deletes the pods the node's NoExecute taints evict; forces deletion of
@@ -449,12 +467,8 @@ async fn evict(
     unreachable: bool,
 ) -> Result<Action, ReconcileError> {
     let no_execute: Vec<&Taint> = taints.iter().filter(|t| t.effect == "NoExecute").collect();
-    let added = no_execute
-        .iter()
-        .map(|t| taint_added(state, node, t))
-        .max()
-        .unwrap_or_else(now);
-    let now = now();
+    let since = taints_seen_since(state, node, &no_execute);
+    let now = Instant::now();
     let mut next: Option<Duration> = None;
     for pod in pods {
         let terminating = pod.metadata.deletion_timestamp.is_some();
@@ -466,17 +480,14 @@ async fn evict(
         } else {
             match eviction_after(pod, taints) {
                 None => false,
-                Some(after) => {
-                    let due = added.as_millisecond() + after.as_millis() as i64;
-                    let left = due - now.as_millisecond();
-                    if left <= 0 {
-                        true
-                    } else {
-                        let left = Duration::from_millis(left as u64);
+                Some(after) => match (since + after).checked_duration_since(now) {
+                    None => true,
+                    Some(left) if left.is_zero() => true,
+                    Some(left) => {
                         next = Some(next.map_or(left, |n| n.min(left)));
                         false
                     }
-                }
+                },
             }
         };
         if !evict_now {
