@@ -93,7 +93,6 @@ async fn kubectl_discovers_the_api_and_manages_namespaces() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "kubectl's typed `create` sends protobuf bodies, which orch does not decode yet (it answers 415)"]
 async fn kubectl_create_namespace_and_configmap() {
     let api = TestApi::start().await;
     api.kubectl_ok(&["create", "namespace", "team-a"]).await;

@@ -5,4 +5,5 @@ mod bad_input;
 mod client;
 mod informer;
 mod kubectl;
+mod protobuf;
 mod python_client;

@@ -71,7 +71,11 @@ pub(crate) fn to_json(body: &[u8]) -> Result<Value, DecodeError> {
     let unknown = body
         .strip_prefix(b"k8s\0")
         .ok_or(DecodeError::MissingMagic)?;
-    let (type_meta, raw, encoding) = envelope(unknown).map_err(|e| e.at("Unknown"))?;
+    let Envelope {
+        type_meta,
+        raw,
+        encoding,
+    } = envelope(unknown).map_err(|e| e.at("Unknown"))?;
     let text = |key: &str| {
         type_meta
             .get(key)
@@ -93,8 +97,15 @@ pub(crate) fn to_json(body: &[u8]) -> Result<Value, DecodeError> {
     Ok(Value::Object(object))
 }
 
-/// The `runtime.Unknown` envelope: (typeMeta, raw, contentEncoding).
-fn envelope(buf: &[u8]) -> Result<(Map<String, Value>, &[u8], String), Malformed> {
+/// The parts of a `runtime.Unknown` envelope that matter here.
+struct Envelope<'a> {
+    type_meta: Map<String, Value>,
+    raw: &'a [u8],
+    encoding: String,
+}
+
+/// Reads the `runtime.Unknown` envelope.
+fn envelope(buf: &[u8]) -> Result<Envelope<'_>, Malformed> {
     let mut reader = Reader::new(buf);
     let (mut type_meta, mut raw, mut encoding) = (Map::new(), &buf[..0], String::new());
     while !reader.done() {
@@ -122,7 +133,11 @@ fn envelope(buf: &[u8]) -> Result<(Map<String, Value>, &[u8], String), Malformed
             _ => encoding = utf8(data).map_err(within)?,
         }
     }
-    Ok((type_meta, raw, encoding))
+    Ok(Envelope {
+        type_meta,
+        raw,
+        encoding,
+    })
 }
 
 /// The message of a top-level kind.
@@ -240,785 +255,417 @@ const fn m(name: &'static str, fields: &'static [Field]) -> Message {
     Message { name, fields }
 }
 
-use Kind::{
-    Bool, BytesMap, Inline, Int, IntOrString, MicroTime, Msg, QtyMap, Quantity, Str, StrMap, Time,
-};
+/// The message tables: one message per line or few lines, field numbers
+/// as in the upstream `generated.proto` files.
+#[rustfmt::skip]
+mod schema {
+    use super::{m, p, r, v, Message};
+    use super::Kind::{
+        Bool, BytesMap, Inline, Int, IntOrString, MicroTime, Msg, QtyMap, Quantity, Str, StrMap,
+        Time,
+    };
 
-// runtime
-static TYPE_META: Message = m("TypeMeta", &[v(1, "apiVersion", Str), v(2, "kind", Str)]);
+    // runtime
+    pub(super) static TYPE_META: Message = m("TypeMeta", &[
+        v(1, "apiVersion", Str), v(2, "kind", Str),
+    ]);
 
-// meta/v1
-static OBJECT_META: Message = m(
-    "ObjectMeta",
-    &[
-        v(1, "name", Str),
-        v(2, "generateName", Str),
-        v(3, "namespace", Str),
-        v(4, "selfLink", Str),
-        v(5, "uid", Str),
-        v(6, "resourceVersion", Str),
-        v(7, "generation", Int),
-        v(8, "creationTimestamp", Time),
-        p(9, "deletionTimestamp", Time),
-        p(10, "deletionGracePeriodSeconds", Int),
-        v(11, "labels", StrMap),
-        v(12, "annotations", StrMap),
-        r(13, "ownerReferences", Msg(&OWNER_REFERENCE)),
+    // meta/v1
+    pub(super) static OBJECT_META: Message = m("ObjectMeta", &[
+        v(1, "name", Str), v(2, "generateName", Str), v(3, "namespace", Str), v(4, "selfLink", Str),
+        v(5, "uid", Str), v(6, "resourceVersion", Str), v(7, "generation", Int),
+        v(8, "creationTimestamp", Time), p(9, "deletionTimestamp", Time),
+        p(10, "deletionGracePeriodSeconds", Int), v(11, "labels", StrMap),
+        v(12, "annotations", StrMap), r(13, "ownerReferences", Msg(&OWNER_REFERENCE)),
         r(14, "finalizers", Str),
         // 17 managedFields: skipped.
-    ],
-);
-static OWNER_REFERENCE: Message = m(
-    "OwnerReference",
-    &[
-        v(5, "apiVersion", Str),
-        v(1, "kind", Str),
-        v(3, "name", Str),
-        v(4, "uid", Str),
-        p(6, "controller", Bool),
-        p(7, "blockOwnerDeletion", Bool),
-    ],
-);
-static LABEL_SELECTOR: Message = m(
-    "LabelSelector",
-    &[
-        v(1, "matchLabels", StrMap),
-        r(2, "matchExpressions", Msg(&LABEL_SELECTOR_REQUIREMENT)),
-    ],
-);
-static LABEL_SELECTOR_REQUIREMENT: Message = m(
-    "LabelSelectorRequirement",
-    &[v(1, "key", Str), v(2, "operator", Str), r(3, "values", Str)],
-);
-static DELETE_OPTIONS: Message = m(
-    "DeleteOptions",
-    &[
-        p(1, "gracePeriodSeconds", Int),
-        p(2, "preconditions", Msg(&PRECONDITIONS)),
-        p(3, "orphanDependents", Bool),
-        p(4, "propagationPolicy", Str),
-        r(5, "dryRun", Str),
-    ],
-);
-static PRECONDITIONS: Message = m(
-    "Preconditions",
-    &[p(1, "uid", Str), p(2, "resourceVersion", Str)],
-);
+    ]);
+    pub(super) static OWNER_REFERENCE: Message = m("OwnerReference", &[
+        v(5, "apiVersion", Str), v(1, "kind", Str), v(3, "name", Str), v(4, "uid", Str),
+        p(6, "controller", Bool), p(7, "blockOwnerDeletion", Bool),
+    ]);
+    pub(super) static LABEL_SELECTOR: Message = m("LabelSelector", &[
+        v(1, "matchLabels", StrMap), r(2, "matchExpressions", Msg(&LABEL_SELECTOR_REQUIREMENT)),
+    ]);
+    pub(super) static LABEL_SELECTOR_REQUIREMENT: Message = m("LabelSelectorRequirement", &[
+        v(1, "key", Str), v(2, "operator", Str), r(3, "values", Str),
+    ]);
+    pub(super) static DELETE_OPTIONS: Message = m("DeleteOptions", &[
+        p(1, "gracePeriodSeconds", Int), p(2, "preconditions", Msg(&PRECONDITIONS)),
+        p(3, "orphanDependents", Bool), p(4, "propagationPolicy", Str), r(5, "dryRun", Str),
+    ]);
+    pub(super) static PRECONDITIONS: Message = m("Preconditions", &[
+        p(1, "uid", Str), p(2, "resourceVersion", Str),
+    ]);
 
-// core/v1: the kinds
-static NAMESPACE: Message = m(
-    "Namespace",
-    &[
-        v(1, "metadata", Msg(&OBJECT_META)),
-        v(2, "spec", Msg(&NAMESPACE_SPEC)),
+    // core/v1: the kinds
+    pub(super) static NAMESPACE: Message = m("Namespace", &[
+        v(1, "metadata", Msg(&OBJECT_META)), v(2, "spec", Msg(&NAMESPACE_SPEC)),
         v(3, "status", Msg(&NAMESPACE_STATUS)),
-    ],
-);
-static NAMESPACE_SPEC: Message = m("NamespaceSpec", &[r(1, "finalizers", Str)]);
-static NAMESPACE_STATUS: Message = m(
-    "NamespaceStatus",
-    &[
-        v(1, "phase", Str),
-        r(2, "conditions", Msg(&NAMESPACE_CONDITION)),
-    ],
-);
-static NAMESPACE_CONDITION: Message = m(
-    "NamespaceCondition",
-    &[
-        v(1, "type", Str),
-        v(2, "status", Str),
-        v(4, "lastTransitionTime", Time),
-        v(5, "reason", Str),
-        v(6, "message", Str),
-    ],
-);
-static CONFIG_MAP: Message = m(
-    "ConfigMap",
-    &[
-        v(1, "metadata", Msg(&OBJECT_META)),
-        p(4, "immutable", Bool),
-        v(2, "data", StrMap),
+    ]);
+    pub(super) static NAMESPACE_SPEC: Message = m("NamespaceSpec", &[r(1, "finalizers", Str)]);
+    pub(super) static NAMESPACE_STATUS: Message = m("NamespaceStatus", &[
+        v(1, "phase", Str), r(2, "conditions", Msg(&NAMESPACE_CONDITION)),
+    ]);
+    pub(super) static NAMESPACE_CONDITION: Message = m("NamespaceCondition", &[
+        v(1, "type", Str), v(2, "status", Str), v(4, "lastTransitionTime", Time),
+        v(5, "reason", Str), v(6, "message", Str),
+    ]);
+    pub(super) static CONFIG_MAP: Message = m("ConfigMap", &[
+        v(1, "metadata", Msg(&OBJECT_META)), p(4, "immutable", Bool), v(2, "data", StrMap),
         v(3, "binaryData", BytesMap),
-    ],
-);
-static SECRET: Message = m(
-    "Secret",
-    &[
-        v(1, "metadata", Msg(&OBJECT_META)),
-        p(5, "immutable", Bool),
-        v(2, "data", BytesMap),
-        v(4, "stringData", StrMap),
-        v(3, "type", Str),
-    ],
-);
-static SERVICE: Message = m(
-    "Service",
-    &[
-        v(1, "metadata", Msg(&OBJECT_META)),
-        v(2, "spec", Msg(&SERVICE_SPEC)),
+    ]);
+    pub(super) static SECRET: Message = m("Secret", &[
+        v(1, "metadata", Msg(&OBJECT_META)), p(5, "immutable", Bool), v(2, "data", BytesMap),
+        v(4, "stringData", StrMap), v(3, "type", Str),
+    ]);
+    pub(super) static SERVICE: Message = m("Service", &[
+        v(1, "metadata", Msg(&OBJECT_META)), v(2, "spec", Msg(&SERVICE_SPEC)),
         // 3 status: set by the server.
-    ],
-);
-static SERVICE_SPEC: Message = m(
-    "ServiceSpec",
-    &[
-        r(1, "ports", Msg(&SERVICE_PORT)),
-        v(2, "selector", StrMap),
-        v(3, "clusterIP", Str),
-        r(18, "clusterIPs", Str),
-        v(4, "type", Str),
-        r(5, "externalIPs", Str),
-        v(7, "sessionAffinity", Str),
-        v(8, "loadBalancerIP", Str),
-        r(9, "loadBalancerSourceRanges", Str),
-        v(10, "externalName", Str),
-        v(11, "externalTrafficPolicy", Str),
-        v(12, "healthCheckNodePort", Int),
+    ]);
+    pub(super) static SERVICE_SPEC: Message = m("ServiceSpec", &[
+        r(1, "ports", Msg(&SERVICE_PORT)), v(2, "selector", StrMap), v(3, "clusterIP", Str),
+        r(18, "clusterIPs", Str), v(4, "type", Str), r(5, "externalIPs", Str),
+        v(7, "sessionAffinity", Str), v(8, "loadBalancerIP", Str),
+        r(9, "loadBalancerSourceRanges", Str), v(10, "externalName", Str),
+        v(11, "externalTrafficPolicy", Str), v(12, "healthCheckNodePort", Int),
         v(13, "publishNotReadyAddresses", Bool),
-        p(14, "sessionAffinityConfig", Msg(&SESSION_AFFINITY_CONFIG)),
-        r(19, "ipFamilies", Str),
-        p(17, "ipFamilyPolicy", Str),
-        p(20, "allocateLoadBalancerNodePorts", Bool),
-        p(21, "loadBalancerClass", Str),
-        p(22, "internalTrafficPolicy", Str),
+        p(14, "sessionAffinityConfig", Msg(&SESSION_AFFINITY_CONFIG)), r(19, "ipFamilies", Str),
+        p(17, "ipFamilyPolicy", Str), p(20, "allocateLoadBalancerNodePorts", Bool),
+        p(21, "loadBalancerClass", Str), p(22, "internalTrafficPolicy", Str),
         p(23, "trafficDistribution", Str),
-    ],
-);
-static SERVICE_PORT: Message = m(
-    "ServicePort",
-    &[
-        v(1, "name", Str),
-        v(2, "protocol", Str),
-        p(6, "appProtocol", Str),
-        v(3, "port", Int),
-        v(4, "targetPort", IntOrString),
-        v(5, "nodePort", Int),
-    ],
-);
-static SESSION_AFFINITY_CONFIG: Message = m(
-    "SessionAffinityConfig",
-    &[p(1, "clientIP", Msg(&CLIENT_IP_CONFIG))],
-);
-static CLIENT_IP_CONFIG: Message = m("ClientIPConfig", &[p(1, "timeoutSeconds", Int)]);
-static RESOURCE_QUOTA: Message = m(
-    "ResourceQuota",
-    &[
-        v(1, "metadata", Msg(&OBJECT_META)),
-        v(2, "spec", Msg(&RESOURCE_QUOTA_SPEC)),
+    ]);
+    pub(super) static SERVICE_PORT: Message = m("ServicePort", &[
+        v(1, "name", Str), v(2, "protocol", Str), p(6, "appProtocol", Str), v(3, "port", Int),
+        v(4, "targetPort", IntOrString), v(5, "nodePort", Int),
+    ]);
+    pub(super) static SESSION_AFFINITY_CONFIG: Message = m("SessionAffinityConfig", &[
+        p(1, "clientIP", Msg(&CLIENT_IP_CONFIG)),
+    ]);
+    pub(super) static CLIENT_IP_CONFIG: Message = m("ClientIPConfig", &[
+        p(1, "timeoutSeconds", Int),
+    ]);
+    pub(super) static RESOURCE_QUOTA: Message = m("ResourceQuota", &[
+        v(1, "metadata", Msg(&OBJECT_META)), v(2, "spec", Msg(&RESOURCE_QUOTA_SPEC)),
         v(3, "status", Msg(&RESOURCE_QUOTA_STATUS)),
-    ],
-);
-static RESOURCE_QUOTA_SPEC: Message = m(
-    "ResourceQuotaSpec",
-    &[
-        v(1, "hard", QtyMap),
-        r(2, "scopes", Str),
-        p(3, "scopeSelector", Msg(&SCOPE_SELECTOR)),
-    ],
-);
-static SCOPE_SELECTOR: Message = m(
-    "ScopeSelector",
-    &[r(
-        1,
-        "matchExpressions",
-        Msg(&SCOPED_RESOURCE_SELECTOR_REQUIREMENT),
-    )],
-);
-static SCOPED_RESOURCE_SELECTOR_REQUIREMENT: Message = m(
-    "ScopedResourceSelectorRequirement",
-    &[
-        v(1, "scopeName", Str),
-        v(2, "operator", Str),
-        r(3, "values", Str),
-    ],
-);
-static RESOURCE_QUOTA_STATUS: Message = m(
-    "ResourceQuotaStatus",
-    &[v(1, "hard", QtyMap), v(2, "used", QtyMap)],
-);
-static POD: Message = m(
-    "Pod",
-    &[
-        v(1, "metadata", Msg(&OBJECT_META)),
-        v(2, "spec", Msg(&POD_SPEC)),
+    ]);
+    pub(super) static RESOURCE_QUOTA_SPEC: Message = m("ResourceQuotaSpec", &[
+        v(1, "hard", QtyMap), r(2, "scopes", Str), p(3, "scopeSelector", Msg(&SCOPE_SELECTOR)),
+    ]);
+    pub(super) static SCOPE_SELECTOR: Message = m("ScopeSelector", &[
+        r(1, "matchExpressions", Msg(&SCOPED_RESOURCE_SELECTOR_REQUIREMENT)),
+    ]);
+    pub(super) static SCOPED_RESOURCE_SELECTOR_REQUIREMENT: Message = m("ScopedResourceSelectorRequirement", &[
+        v(1, "scopeName", Str), v(2, "operator", Str), r(3, "values", Str),
+    ]);
+    pub(super) static RESOURCE_QUOTA_STATUS: Message = m("ResourceQuotaStatus", &[
+        v(1, "hard", QtyMap), v(2, "used", QtyMap),
+    ]);
+    pub(super) static POD: Message = m("Pod", &[
+        v(1, "metadata", Msg(&OBJECT_META)), v(2, "spec", Msg(&POD_SPEC)),
         // 3 status: set by the server and the node agent.
-    ],
-);
-static BINDING: Message = m(
-    "Binding",
-    &[
-        v(1, "metadata", Msg(&OBJECT_META)),
-        v(2, "target", Msg(&OBJECT_REFERENCE)),
-    ],
-);
-static OBJECT_REFERENCE: Message = m(
-    "ObjectReference",
-    &[
-        v(1, "kind", Str),
-        v(2, "namespace", Str),
-        v(3, "name", Str),
-        v(4, "uid", Str),
-        v(5, "apiVersion", Str),
-        v(6, "resourceVersion", Str),
-        v(7, "fieldPath", Str),
-    ],
-);
+    ]);
+    pub(super) static BINDING: Message = m("Binding", &[
+        v(1, "metadata", Msg(&OBJECT_META)), v(2, "target", Msg(&OBJECT_REFERENCE)),
+    ]);
+    pub(super) static OBJECT_REFERENCE: Message = m("ObjectReference", &[
+        v(1, "kind", Str), v(2, "namespace", Str), v(3, "name", Str), v(4, "uid", Str),
+        v(5, "apiVersion", Str), v(6, "resourceVersion", Str), v(7, "fieldPath", Str),
+    ]);
 
-// core/v1: pods
-static POD_TEMPLATE_SPEC: Message = m(
-    "PodTemplateSpec",
-    &[
-        v(1, "metadata", Msg(&OBJECT_META)),
-        v(2, "spec", Msg(&POD_SPEC)),
-    ],
-);
-static POD_SPEC: Message = m(
-    "PodSpec",
-    &[
-        r(1, "volumes", Msg(&VOLUME)),
-        r(20, "initContainers", Msg(&CONTAINER)),
-        r(2, "containers", Msg(&CONTAINER)),
-        v(3, "restartPolicy", Str),
-        p(4, "terminationGracePeriodSeconds", Int),
-        p(5, "activeDeadlineSeconds", Int),
-        v(6, "dnsPolicy", Str),
-        v(7, "nodeSelector", StrMap),
-        v(8, "serviceAccountName", Str),
-        v(9, "serviceAccount", Str),
-        p(21, "automountServiceAccountToken", Bool),
-        v(10, "nodeName", Str),
-        v(11, "hostNetwork", Bool),
-        v(12, "hostPID", Bool),
-        v(13, "hostIPC", Bool),
-        p(27, "shareProcessNamespace", Bool),
+    // core/v1: pods
+    pub(super) static POD_TEMPLATE_SPEC: Message = m("PodTemplateSpec", &[
+        v(1, "metadata", Msg(&OBJECT_META)), v(2, "spec", Msg(&POD_SPEC)),
+    ]);
+    pub(super) static POD_SPEC: Message = m("PodSpec", &[
+        r(1, "volumes", Msg(&VOLUME)), r(20, "initContainers", Msg(&CONTAINER)),
+        r(2, "containers", Msg(&CONTAINER)), v(3, "restartPolicy", Str),
+        p(4, "terminationGracePeriodSeconds", Int), p(5, "activeDeadlineSeconds", Int),
+        v(6, "dnsPolicy", Str), v(7, "nodeSelector", StrMap), v(8, "serviceAccountName", Str),
+        v(9, "serviceAccount", Str), p(21, "automountServiceAccountToken", Bool),
+        v(10, "nodeName", Str), v(11, "hostNetwork", Bool), v(12, "hostPID", Bool),
+        v(13, "hostIPC", Bool), p(27, "shareProcessNamespace", Bool),
         p(14, "securityContext", Msg(&POD_SECURITY_CONTEXT)),
-        r(15, "imagePullSecrets", Msg(&LOCAL_OBJECT_REFERENCE)),
-        v(16, "hostname", Str),
-        v(17, "subdomain", Str),
-        v(19, "schedulerName", Str),
-        r(22, "tolerations", Msg(&TOLERATION)),
-        v(24, "priorityClassName", Str),
-        p(25, "priority", Int),
-        p(29, "runtimeClassName", Str),
-        p(30, "enableServiceLinks", Bool),
-        p(31, "preemptionPolicy", Str),
-        v(32, "overhead", QtyMap),
-        p(35, "setHostnameAsFQDN", Bool),
+        r(15, "imagePullSecrets", Msg(&LOCAL_OBJECT_REFERENCE)), v(16, "hostname", Str),
+        v(17, "subdomain", Str), v(19, "schedulerName", Str),
+        r(22, "tolerations", Msg(&TOLERATION)), v(24, "priorityClassName", Str),
+        p(25, "priority", Int), p(29, "runtimeClassName", Str), p(30, "enableServiceLinks", Bool),
+        p(31, "preemptionPolicy", Str), v(32, "overhead", QtyMap), p(35, "setHostnameAsFQDN", Bool),
         p(37, "hostUsers", Bool),
-    ],
-);
-static POD_SECURITY_CONTEXT: Message = m(
-    "PodSecurityContext",
-    &[
-        p(2, "runAsUser", Int),
-        p(6, "runAsGroup", Int),
-        p(3, "runAsNonRoot", Bool),
-        r(4, "supplementalGroups", Int),
-        p(12, "supplementalGroupsPolicy", Str),
-        p(5, "fsGroup", Int),
-        p(9, "fsGroupChangePolicy", Str),
-    ],
-);
-static TOLERATION: Message = m(
-    "Toleration",
-    &[
-        v(1, "key", Str),
-        v(2, "operator", Str),
-        v(3, "value", Str),
-        v(4, "effect", Str),
+    ]);
+    pub(super) static POD_SECURITY_CONTEXT: Message = m("PodSecurityContext", &[
+        p(2, "runAsUser", Int), p(6, "runAsGroup", Int), p(3, "runAsNonRoot", Bool),
+        r(4, "supplementalGroups", Int), p(12, "supplementalGroupsPolicy", Str),
+        p(5, "fsGroup", Int), p(9, "fsGroupChangePolicy", Str),
+    ]);
+    pub(super) static TOLERATION: Message = m("Toleration", &[
+        v(1, "key", Str), v(2, "operator", Str), v(3, "value", Str), v(4, "effect", Str),
         p(5, "tolerationSeconds", Int),
-    ],
-);
-static LOCAL_OBJECT_REFERENCE: Message = m("LocalObjectReference", &[v(1, "name", Str)]);
-static CONTAINER: Message = m(
-    "Container",
-    &[
+    ]);
+    pub(super) static LOCAL_OBJECT_REFERENCE: Message = m("LocalObjectReference", &[
         v(1, "name", Str),
-        v(2, "image", Str),
-        r(3, "command", Str),
-        r(4, "args", Str),
-        v(5, "workingDir", Str),
-        r(6, "ports", Msg(&CONTAINER_PORT)),
-        r(19, "envFrom", Msg(&ENV_FROM_SOURCE)),
-        r(7, "env", Msg(&ENV_VAR)),
+    ]);
+    pub(super) static CONTAINER: Message = m("Container", &[
+        v(1, "name", Str), v(2, "image", Str), r(3, "command", Str), r(4, "args", Str),
+        v(5, "workingDir", Str), r(6, "ports", Msg(&CONTAINER_PORT)),
+        r(19, "envFrom", Msg(&ENV_FROM_SOURCE)), r(7, "env", Msg(&ENV_VAR)),
         v(8, "resources", Msg(&RESOURCE_REQUIREMENTS)),
-        r(23, "resizePolicy", Msg(&CONTAINER_RESIZE_POLICY)),
-        p(24, "restartPolicy", Str),
-        r(9, "volumeMounts", Msg(&VOLUME_MOUNT)),
-        p(10, "livenessProbe", Msg(&PROBE)),
-        p(11, "readinessProbe", Msg(&PROBE)),
-        p(22, "startupProbe", Msg(&PROBE)),
-        p(12, "lifecycle", Msg(&LIFECYCLE)),
-        v(13, "terminationMessagePath", Str),
-        v(20, "terminationMessagePolicy", Str),
-        v(14, "imagePullPolicy", Str),
-        p(15, "securityContext", Msg(&SECURITY_CONTEXT)),
-        v(16, "stdin", Bool),
-        v(17, "stdinOnce", Bool),
-        v(18, "tty", Bool),
-    ],
-);
-static CONTAINER_PORT: Message = m(
-    "ContainerPort",
-    &[
-        v(1, "name", Str),
-        v(2, "hostPort", Int),
-        v(3, "containerPort", Int),
-        v(4, "protocol", Str),
+        r(23, "resizePolicy", Msg(&CONTAINER_RESIZE_POLICY)), p(24, "restartPolicy", Str),
+        r(9, "volumeMounts", Msg(&VOLUME_MOUNT)), p(10, "livenessProbe", Msg(&PROBE)),
+        p(11, "readinessProbe", Msg(&PROBE)), p(22, "startupProbe", Msg(&PROBE)),
+        p(12, "lifecycle", Msg(&LIFECYCLE)), v(13, "terminationMessagePath", Str),
+        v(20, "terminationMessagePolicy", Str), v(14, "imagePullPolicy", Str),
+        p(15, "securityContext", Msg(&SECURITY_CONTEXT)), v(16, "stdin", Bool),
+        v(17, "stdinOnce", Bool), v(18, "tty", Bool),
+    ]);
+    pub(super) static CONTAINER_PORT: Message = m("ContainerPort", &[
+        v(1, "name", Str), v(2, "hostPort", Int), v(3, "containerPort", Int), v(4, "protocol", Str),
         v(5, "hostIP", Str),
-    ],
-);
-static CONTAINER_RESIZE_POLICY: Message = m(
-    "ContainerResizePolicy",
-    &[v(1, "resourceName", Str), v(2, "restartPolicy", Str)],
-);
-static ENV_VAR: Message = m(
-    "EnvVar",
-    &[
-        v(1, "name", Str),
-        v(2, "value", Str),
-        p(3, "valueFrom", Msg(&ENV_VAR_SOURCE)),
-    ],
-);
-static ENV_VAR_SOURCE: Message = m(
-    "EnvVarSource",
-    &[
+    ]);
+    pub(super) static CONTAINER_RESIZE_POLICY: Message = m("ContainerResizePolicy", &[
+        v(1, "resourceName", Str), v(2, "restartPolicy", Str),
+    ]);
+    pub(super) static ENV_VAR: Message = m("EnvVar", &[
+        v(1, "name", Str), v(2, "value", Str), p(3, "valueFrom", Msg(&ENV_VAR_SOURCE)),
+    ]);
+    pub(super) static ENV_VAR_SOURCE: Message = m("EnvVarSource", &[
         p(1, "fieldRef", Msg(&OBJECT_FIELD_SELECTOR)),
         p(2, "resourceFieldRef", Msg(&RESOURCE_FIELD_SELECTOR)),
-        p(3, "configMapKeyRef", Msg(&KEY_SELECTOR)),
-        p(4, "secretKeyRef", Msg(&KEY_SELECTOR)),
-    ],
-);
-static OBJECT_FIELD_SELECTOR: Message = m(
-    "ObjectFieldSelector",
-    &[v(1, "apiVersion", Str), v(2, "fieldPath", Str)],
-);
-static RESOURCE_FIELD_SELECTOR: Message = m(
-    "ResourceFieldSelector",
-    &[
-        v(1, "containerName", Str),
-        v(2, "resource", Str),
-        v(3, "divisor", Quantity),
-    ],
-);
-/// ConfigMapKeySelector and SecretKeySelector share their encoding.
-static KEY_SELECTOR: Message = m(
-    "KeySelector",
-    &[
-        v(1, "localObjectReference", Inline(&LOCAL_OBJECT_REFERENCE)),
-        v(2, "key", Str),
+        p(3, "configMapKeyRef", Msg(&KEY_SELECTOR)), p(4, "secretKeyRef", Msg(&KEY_SELECTOR)),
+    ]);
+    pub(super) static OBJECT_FIELD_SELECTOR: Message = m("ObjectFieldSelector", &[
+        v(1, "apiVersion", Str), v(2, "fieldPath", Str),
+    ]);
+    pub(super) static RESOURCE_FIELD_SELECTOR: Message = m("ResourceFieldSelector", &[
+        v(1, "containerName", Str), v(2, "resource", Str), v(3, "divisor", Quantity),
+    ]);
+    /// ConfigMapKeySelector and SecretKeySelector share their encoding.
+    pub(super) static KEY_SELECTOR: Message = m("KeySelector", &[
+        v(1, "localObjectReference", Inline(&LOCAL_OBJECT_REFERENCE)), v(2, "key", Str),
         p(3, "optional", Bool),
-    ],
-);
-static ENV_FROM_SOURCE: Message = m(
-    "EnvFromSource",
-    &[
-        v(1, "prefix", Str),
-        p(2, "configMapRef", Msg(&ENV_SOURCE)),
+    ]);
+    pub(super) static ENV_FROM_SOURCE: Message = m("EnvFromSource", &[
+        v(1, "prefix", Str), p(2, "configMapRef", Msg(&ENV_SOURCE)),
         p(3, "secretRef", Msg(&ENV_SOURCE)),
-    ],
-);
-/// ConfigMapEnvSource and SecretEnvSource share their encoding.
-static ENV_SOURCE: Message = m(
-    "EnvSource",
-    &[
-        v(1, "localObjectReference", Inline(&LOCAL_OBJECT_REFERENCE)),
-        p(2, "optional", Bool),
-    ],
-);
-static RESOURCE_REQUIREMENTS: Message = m(
-    "ResourceRequirements",
-    &[
-        v(1, "limits", QtyMap),
-        v(2, "requests", QtyMap),
-        r(3, "claims", Msg(&RESOURCE_CLAIM)),
-    ],
-);
-static RESOURCE_CLAIM: Message = m("ResourceClaim", &[v(1, "name", Str), v(2, "request", Str)]);
-static VOLUME_MOUNT: Message = m(
-    "VolumeMount",
-    &[
-        v(1, "name", Str),
-        v(2, "readOnly", Bool),
-        p(7, "recursiveReadOnly", Str),
-        v(3, "mountPath", Str),
-        v(4, "subPath", Str),
-        p(5, "mountPropagation", Str),
+    ]);
+    /// ConfigMapEnvSource and SecretEnvSource share their encoding.
+    pub(super) static ENV_SOURCE: Message = m("EnvSource", &[
+        v(1, "localObjectReference", Inline(&LOCAL_OBJECT_REFERENCE)), p(2, "optional", Bool),
+    ]);
+    pub(super) static RESOURCE_REQUIREMENTS: Message = m("ResourceRequirements", &[
+        v(1, "limits", QtyMap), v(2, "requests", QtyMap), r(3, "claims", Msg(&RESOURCE_CLAIM)),
+    ]);
+    pub(super) static RESOURCE_CLAIM: Message = m("ResourceClaim", &[
+        v(1, "name", Str), v(2, "request", Str),
+    ]);
+    pub(super) static VOLUME_MOUNT: Message = m("VolumeMount", &[
+        v(1, "name", Str), v(2, "readOnly", Bool), p(7, "recursiveReadOnly", Str),
+        v(3, "mountPath", Str), v(4, "subPath", Str), p(5, "mountPropagation", Str),
         v(6, "subPathExpr", Str),
-    ],
-);
-static PROBE: Message = m(
-    "Probe",
-    &[
-        v(1, "handler", Inline(&PROBE_HANDLER)),
-        v(2, "initialDelaySeconds", Int),
-        v(3, "timeoutSeconds", Int),
-        v(4, "periodSeconds", Int),
-        v(5, "successThreshold", Int),
-        v(6, "failureThreshold", Int),
-        p(7, "terminationGracePeriodSeconds", Int),
-    ],
-);
-static PROBE_HANDLER: Message = m(
-    "ProbeHandler",
-    &[
-        p(1, "exec", Msg(&EXEC_ACTION)),
-        p(2, "httpGet", Msg(&HTTP_GET_ACTION)),
-        p(3, "tcpSocket", Msg(&TCP_SOCKET_ACTION)),
-        p(4, "grpc", Msg(&GRPC_ACTION)),
-    ],
-);
-static LIFECYCLE: Message = m(
-    "Lifecycle",
-    &[
-        p(1, "postStart", Msg(&LIFECYCLE_HANDLER)),
-        p(2, "preStop", Msg(&LIFECYCLE_HANDLER)),
+    ]);
+    pub(super) static PROBE: Message = m("Probe", &[
+        v(1, "handler", Inline(&PROBE_HANDLER)), v(2, "initialDelaySeconds", Int),
+        v(3, "timeoutSeconds", Int), v(4, "periodSeconds", Int), v(5, "successThreshold", Int),
+        v(6, "failureThreshold", Int), p(7, "terminationGracePeriodSeconds", Int),
+    ]);
+    pub(super) static PROBE_HANDLER: Message = m("ProbeHandler", &[
+        p(1, "exec", Msg(&EXEC_ACTION)), p(2, "httpGet", Msg(&HTTP_GET_ACTION)),
+        p(3, "tcpSocket", Msg(&TCP_SOCKET_ACTION)), p(4, "grpc", Msg(&GRPC_ACTION)),
+    ]);
+    pub(super) static LIFECYCLE: Message = m("Lifecycle", &[
+        p(1, "postStart", Msg(&LIFECYCLE_HANDLER)), p(2, "preStop", Msg(&LIFECYCLE_HANDLER)),
         p(3, "stopSignal", Str),
-    ],
-);
-static LIFECYCLE_HANDLER: Message = m(
-    "LifecycleHandler",
-    &[
-        p(1, "exec", Msg(&EXEC_ACTION)),
-        p(2, "httpGet", Msg(&HTTP_GET_ACTION)),
-        p(3, "tcpSocket", Msg(&TCP_SOCKET_ACTION)),
-        p(4, "sleep", Msg(&SLEEP_ACTION)),
-    ],
-);
-static EXEC_ACTION: Message = m("ExecAction", &[r(1, "command", Str)]);
-static HTTP_GET_ACTION: Message = m(
-    "HTTPGetAction",
-    &[
-        v(1, "path", Str),
-        v(2, "port", IntOrString),
-        v(3, "host", Str),
-        v(4, "scheme", Str),
+    ]);
+    pub(super) static LIFECYCLE_HANDLER: Message = m("LifecycleHandler", &[
+        p(1, "exec", Msg(&EXEC_ACTION)), p(2, "httpGet", Msg(&HTTP_GET_ACTION)),
+        p(3, "tcpSocket", Msg(&TCP_SOCKET_ACTION)), p(4, "sleep", Msg(&SLEEP_ACTION)),
+    ]);
+    pub(super) static EXEC_ACTION: Message = m("ExecAction", &[r(1, "command", Str)]);
+    pub(super) static HTTP_GET_ACTION: Message = m("HTTPGetAction", &[
+        v(1, "path", Str), v(2, "port", IntOrString), v(3, "host", Str), v(4, "scheme", Str),
         r(5, "httpHeaders", Msg(&HTTP_HEADER)),
-    ],
-);
-static HTTP_HEADER: Message = m("HTTPHeader", &[v(1, "name", Str), v(2, "value", Str)]);
-static TCP_SOCKET_ACTION: Message = m(
-    "TCPSocketAction",
-    &[v(1, "port", IntOrString), v(2, "host", Str)],
-);
-static GRPC_ACTION: Message = m("GRPCAction", &[v(1, "port", Int), p(2, "service", Str)]);
-static SLEEP_ACTION: Message = m("SleepAction", &[v(1, "seconds", Int)]);
-static SECURITY_CONTEXT: Message = m(
-    "SecurityContext",
-    &[
-        p(1, "capabilities", Msg(&CAPABILITIES)),
-        p(2, "privileged", Bool),
-        p(4, "runAsUser", Int),
-        p(8, "runAsGroup", Int),
-        p(5, "runAsNonRoot", Bool),
-        p(6, "readOnlyRootFilesystem", Bool),
-        p(7, "allowPrivilegeEscalation", Bool),
-        p(9, "procMount", Str),
-    ],
-);
-static CAPABILITIES: Message = m("Capabilities", &[r(1, "add", Str), r(2, "drop", Str)]);
-static VOLUME: Message = m(
-    "Volume",
-    &[
-        v(1, "name", Str),
-        v(2, "volumeSource", Inline(&VOLUME_SOURCE)),
-    ],
-);
-static VOLUME_SOURCE: Message = m(
-    "VolumeSource",
-    &[
+    ]);
+    pub(super) static HTTP_HEADER: Message = m("HTTPHeader", &[
+        v(1, "name", Str), v(2, "value", Str),
+    ]);
+    pub(super) static TCP_SOCKET_ACTION: Message = m("TCPSocketAction", &[
+        v(1, "port", IntOrString), v(2, "host", Str),
+    ]);
+    pub(super) static GRPC_ACTION: Message = m("GRPCAction", &[
+        v(1, "port", Int), p(2, "service", Str),
+    ]);
+    pub(super) static SLEEP_ACTION: Message = m("SleepAction", &[v(1, "seconds", Int)]);
+    pub(super) static SECURITY_CONTEXT: Message = m("SecurityContext", &[
+        p(1, "capabilities", Msg(&CAPABILITIES)), p(2, "privileged", Bool), p(4, "runAsUser", Int),
+        p(8, "runAsGroup", Int), p(5, "runAsNonRoot", Bool), p(6, "readOnlyRootFilesystem", Bool),
+        p(7, "allowPrivilegeEscalation", Bool), p(9, "procMount", Str),
+    ]);
+    pub(super) static CAPABILITIES: Message = m("Capabilities", &[
+        r(1, "add", Str), r(2, "drop", Str),
+    ]);
+    pub(super) static VOLUME: Message = m("Volume", &[
+        v(1, "name", Str), v(2, "volumeSource", Inline(&VOLUME_SOURCE)),
+    ]);
+    pub(super) static VOLUME_SOURCE: Message = m("VolumeSource", &[
         p(1, "hostPath", Msg(&HOST_PATH_VOLUME_SOURCE)),
-        p(2, "emptyDir", Msg(&EMPTY_DIR_VOLUME_SOURCE)),
-        p(6, "secret", Msg(&SECRET_VOLUME_SOURCE)),
+        p(2, "emptyDir", Msg(&EMPTY_DIR_VOLUME_SOURCE)), p(6, "secret", Msg(&SECRET_VOLUME_SOURCE)),
         p(10, "persistentVolumeClaim", Msg(&PVC_VOLUME_SOURCE)),
         p(16, "downwardAPI", Msg(&DOWNWARD_API_VOLUME_SOURCE)),
         p(19, "configMap", Msg(&CONFIG_MAP_VOLUME_SOURCE)),
-    ],
-);
-static HOST_PATH_VOLUME_SOURCE: Message = m(
-    "HostPathVolumeSource",
-    &[v(1, "path", Str), p(2, "type", Str)],
-);
-static EMPTY_DIR_VOLUME_SOURCE: Message = m(
-    "EmptyDirVolumeSource",
-    &[v(1, "medium", Str), p(2, "sizeLimit", Quantity)],
-);
-static SECRET_VOLUME_SOURCE: Message = m(
-    "SecretVolumeSource",
-    &[
-        v(1, "secretName", Str),
-        r(2, "items", Msg(&KEY_TO_PATH)),
-        p(3, "defaultMode", Int),
+    ]);
+    pub(super) static HOST_PATH_VOLUME_SOURCE: Message = m("HostPathVolumeSource", &[
+        v(1, "path", Str), p(2, "type", Str),
+    ]);
+    pub(super) static EMPTY_DIR_VOLUME_SOURCE: Message = m("EmptyDirVolumeSource", &[
+        v(1, "medium", Str), p(2, "sizeLimit", Quantity),
+    ]);
+    pub(super) static SECRET_VOLUME_SOURCE: Message = m("SecretVolumeSource", &[
+        v(1, "secretName", Str), r(2, "items", Msg(&KEY_TO_PATH)), p(3, "defaultMode", Int),
         p(4, "optional", Bool),
-    ],
-);
-static CONFIG_MAP_VOLUME_SOURCE: Message = m(
-    "ConfigMapVolumeSource",
-    &[
+    ]);
+    pub(super) static CONFIG_MAP_VOLUME_SOURCE: Message = m("ConfigMapVolumeSource", &[
         v(1, "localObjectReference", Inline(&LOCAL_OBJECT_REFERENCE)),
-        r(2, "items", Msg(&KEY_TO_PATH)),
-        p(3, "defaultMode", Int),
-        p(4, "optional", Bool),
-    ],
-);
-static KEY_TO_PATH: Message = m(
-    "KeyToPath",
-    &[v(1, "key", Str), v(2, "path", Str), p(3, "mode", Int)],
-);
-static PVC_VOLUME_SOURCE: Message = m(
-    "PersistentVolumeClaimVolumeSource",
-    &[v(1, "claimName", Str), v(2, "readOnly", Bool)],
-);
-static DOWNWARD_API_VOLUME_SOURCE: Message = m(
-    "DownwardAPIVolumeSource",
-    &[
-        r(1, "items", Msg(&DOWNWARD_API_VOLUME_FILE)),
-        p(2, "defaultMode", Int),
-    ],
-);
-static DOWNWARD_API_VOLUME_FILE: Message = m(
-    "DownwardAPIVolumeFile",
-    &[
-        v(1, "path", Str),
-        p(2, "fieldRef", Msg(&OBJECT_FIELD_SELECTOR)),
-        p(3, "resourceFieldRef", Msg(&RESOURCE_FIELD_SELECTOR)),
-        p(4, "mode", Int),
-    ],
-);
+        r(2, "items", Msg(&KEY_TO_PATH)), p(3, "defaultMode", Int), p(4, "optional", Bool),
+    ]);
+    pub(super) static KEY_TO_PATH: Message = m("KeyToPath", &[
+        v(1, "key", Str), v(2, "path", Str), p(3, "mode", Int),
+    ]);
+    pub(super) static PVC_VOLUME_SOURCE: Message = m("PersistentVolumeClaimVolumeSource", &[
+        v(1, "claimName", Str), v(2, "readOnly", Bool),
+    ]);
+    pub(super) static DOWNWARD_API_VOLUME_SOURCE: Message = m("DownwardAPIVolumeSource", &[
+        r(1, "items", Msg(&DOWNWARD_API_VOLUME_FILE)), p(2, "defaultMode", Int),
+    ]);
+    pub(super) static DOWNWARD_API_VOLUME_FILE: Message = m("DownwardAPIVolumeFile", &[
+        v(1, "path", Str), p(2, "fieldRef", Msg(&OBJECT_FIELD_SELECTOR)),
+        p(3, "resourceFieldRef", Msg(&RESOURCE_FIELD_SELECTOR)), p(4, "mode", Int),
+    ]);
 
-// apps/v1
-static DEPLOYMENT: Message = m(
-    "Deployment",
-    &[
-        v(1, "metadata", Msg(&OBJECT_META)),
-        v(2, "spec", Msg(&DEPLOYMENT_SPEC)),
+    // apps/v1
+    pub(super) static DEPLOYMENT: Message = m("Deployment", &[
+        v(1, "metadata", Msg(&OBJECT_META)), v(2, "spec", Msg(&DEPLOYMENT_SPEC)),
         // 3 status: set by the deployment controller.
-    ],
-);
-static DEPLOYMENT_SPEC: Message = m(
-    "DeploymentSpec",
-    &[
-        p(1, "replicas", Int),
-        p(2, "selector", Msg(&LABEL_SELECTOR)),
-        v(3, "template", Msg(&POD_TEMPLATE_SPEC)),
-        v(4, "strategy", Msg(&DEPLOYMENT_STRATEGY)),
-        v(5, "minReadySeconds", Int),
-        p(6, "revisionHistoryLimit", Int),
-        v(7, "paused", Bool),
+    ]);
+    pub(super) static DEPLOYMENT_SPEC: Message = m("DeploymentSpec", &[
+        p(1, "replicas", Int), p(2, "selector", Msg(&LABEL_SELECTOR)),
+        v(3, "template", Msg(&POD_TEMPLATE_SPEC)), v(4, "strategy", Msg(&DEPLOYMENT_STRATEGY)),
+        v(5, "minReadySeconds", Int), p(6, "revisionHistoryLimit", Int), v(7, "paused", Bool),
         p(9, "progressDeadlineSeconds", Int),
-    ],
-);
-static DEPLOYMENT_STRATEGY: Message = m(
-    "DeploymentStrategy",
-    &[
-        v(1, "type", Str),
-        p(2, "rollingUpdate", Msg(&ROLLING_UPDATE_DEPLOYMENT)),
-    ],
-);
-static ROLLING_UPDATE_DEPLOYMENT: Message = m(
-    "RollingUpdateDeployment",
-    &[
-        p(1, "maxUnavailable", IntOrString),
-        p(2, "maxSurge", IntOrString),
-    ],
-);
-static REPLICA_SET: Message = m(
-    "ReplicaSet",
-    &[
-        v(1, "metadata", Msg(&OBJECT_META)),
-        v(2, "spec", Msg(&REPLICA_SET_SPEC)),
-    ],
-);
-static REPLICA_SET_SPEC: Message = m(
-    "ReplicaSetSpec",
-    &[
-        p(1, "replicas", Int),
-        v(4, "minReadySeconds", Int),
-        p(2, "selector", Msg(&LABEL_SELECTOR)),
+    ]);
+    pub(super) static DEPLOYMENT_STRATEGY: Message = m("DeploymentStrategy", &[
+        v(1, "type", Str), p(2, "rollingUpdate", Msg(&ROLLING_UPDATE_DEPLOYMENT)),
+    ]);
+    pub(super) static ROLLING_UPDATE_DEPLOYMENT: Message = m("RollingUpdateDeployment", &[
+        p(1, "maxUnavailable", IntOrString), p(2, "maxSurge", IntOrString),
+    ]);
+    pub(super) static REPLICA_SET: Message = m("ReplicaSet", &[
+        v(1, "metadata", Msg(&OBJECT_META)), v(2, "spec", Msg(&REPLICA_SET_SPEC)),
+    ]);
+    pub(super) static REPLICA_SET_SPEC: Message = m("ReplicaSetSpec", &[
+        p(1, "replicas", Int), v(4, "minReadySeconds", Int), p(2, "selector", Msg(&LABEL_SELECTOR)),
         v(3, "template", Msg(&POD_TEMPLATE_SPEC)),
-    ],
-);
+    ]);
 
-// batch/v1
-static JOB: Message = m(
-    "Job",
-    &[
-        v(1, "metadata", Msg(&OBJECT_META)),
-        v(2, "spec", Msg(&JOB_SPEC)),
+    // batch/v1
+    pub(super) static JOB: Message = m("Job", &[
+        v(1, "metadata", Msg(&OBJECT_META)), v(2, "spec", Msg(&JOB_SPEC)),
         // 3 status: set by the job controller.
-    ],
-);
-static JOB_SPEC: Message = m(
-    "JobSpec",
-    &[
-        p(1, "parallelism", Int),
-        p(2, "completions", Int),
-        p(3, "activeDeadlineSeconds", Int),
-        p(7, "backoffLimit", Int),
-        p(12, "backoffLimitPerIndex", Int),
-        p(13, "maxFailedIndexes", Int),
-        p(4, "selector", Msg(&LABEL_SELECTOR)),
-        p(5, "manualSelector", Bool),
-        v(6, "template", Msg(&POD_TEMPLATE_SPEC)),
-        p(8, "ttlSecondsAfterFinished", Int),
-        p(9, "completionMode", Str),
-        p(10, "suspend", Bool),
-        p(14, "podReplacementPolicy", Str),
-        p(15, "managedBy", Str),
-    ],
-);
+    ]);
+    pub(super) static JOB_SPEC: Message = m("JobSpec", &[
+        p(1, "parallelism", Int), p(2, "completions", Int), p(3, "activeDeadlineSeconds", Int),
+        p(7, "backoffLimit", Int), p(12, "backoffLimitPerIndex", Int),
+        p(13, "maxFailedIndexes", Int), p(4, "selector", Msg(&LABEL_SELECTOR)),
+        p(5, "manualSelector", Bool), v(6, "template", Msg(&POD_TEMPLATE_SPEC)),
+        p(8, "ttlSecondsAfterFinished", Int), p(9, "completionMode", Str), p(10, "suspend", Bool),
+        p(14, "podReplacementPolicy", Str), p(15, "managedBy", Str),
+    ]);
 
-// networking.k8s.io/v1
-static INGRESS: Message = m(
-    "Ingress",
-    &[
-        v(1, "metadata", Msg(&OBJECT_META)),
-        v(2, "spec", Msg(&INGRESS_SPEC)),
+    // networking.k8s.io/v1
+    pub(super) static INGRESS: Message = m("Ingress", &[
+        v(1, "metadata", Msg(&OBJECT_META)), v(2, "spec", Msg(&INGRESS_SPEC)),
         // 3 status: set by the ingress controller.
-    ],
-);
-static INGRESS_SPEC: Message = m(
-    "IngressSpec",
-    &[
-        p(4, "ingressClassName", Str),
-        p(1, "defaultBackend", Msg(&INGRESS_BACKEND)),
-        r(2, "tls", Msg(&INGRESS_TLS)),
-        r(3, "rules", Msg(&INGRESS_RULE)),
-    ],
-);
-static INGRESS_BACKEND: Message = m(
-    "IngressBackend",
-    &[
+    ]);
+    pub(super) static INGRESS_SPEC: Message = m("IngressSpec", &[
+        p(4, "ingressClassName", Str), p(1, "defaultBackend", Msg(&INGRESS_BACKEND)),
+        r(2, "tls", Msg(&INGRESS_TLS)), r(3, "rules", Msg(&INGRESS_RULE)),
+    ]);
+    pub(super) static INGRESS_BACKEND: Message = m("IngressBackend", &[
         p(4, "service", Msg(&INGRESS_SERVICE_BACKEND)),
         p(3, "resource", Msg(&TYPED_LOCAL_OBJECT_REFERENCE)),
-    ],
-);
-static INGRESS_SERVICE_BACKEND: Message = m(
-    "IngressServiceBackend",
-    &[v(1, "name", Str), v(2, "port", Msg(&SERVICE_BACKEND_PORT))],
-);
-static SERVICE_BACKEND_PORT: Message = m(
-    "ServiceBackendPort",
-    &[v(1, "name", Str), v(2, "number", Int)],
-);
-static TYPED_LOCAL_OBJECT_REFERENCE: Message = m(
-    "TypedLocalObjectReference",
-    &[p(1, "apiGroup", Str), v(2, "kind", Str), v(3, "name", Str)],
-);
-static INGRESS_TLS: Message = m("IngressTLS", &[r(1, "hosts", Str), v(2, "secretName", Str)]);
-static INGRESS_RULE: Message = m(
-    "IngressRule",
-    &[
-        v(1, "host", Str),
-        v(2, "ingressRuleValue", Inline(&INGRESS_RULE_VALUE)),
-    ],
-);
-static INGRESS_RULE_VALUE: Message = m(
-    "IngressRuleValue",
-    &[p(1, "http", Msg(&HTTP_INGRESS_RULE_VALUE))],
-);
-static HTTP_INGRESS_RULE_VALUE: Message = m(
-    "HTTPIngressRuleValue",
-    &[r(1, "paths", Msg(&HTTP_INGRESS_PATH))],
-);
-static HTTP_INGRESS_PATH: Message = m(
-    "HTTPIngressPath",
-    &[
-        v(1, "path", Str),
-        p(3, "pathType", Str),
-        v(2, "backend", Msg(&INGRESS_BACKEND)),
-    ],
-);
+    ]);
+    pub(super) static INGRESS_SERVICE_BACKEND: Message = m("IngressServiceBackend", &[
+        v(1, "name", Str), v(2, "port", Msg(&SERVICE_BACKEND_PORT)),
+    ]);
+    pub(super) static SERVICE_BACKEND_PORT: Message = m("ServiceBackendPort", &[
+        v(1, "name", Str), v(2, "number", Int),
+    ]);
+    pub(super) static TYPED_LOCAL_OBJECT_REFERENCE: Message = m("TypedLocalObjectReference", &[
+        p(1, "apiGroup", Str), v(2, "kind", Str), v(3, "name", Str),
+    ]);
+    pub(super) static INGRESS_TLS: Message = m("IngressTLS", &[
+        r(1, "hosts", Str), v(2, "secretName", Str),
+    ]);
+    pub(super) static INGRESS_RULE: Message = m("IngressRule", &[
+        v(1, "host", Str), v(2, "ingressRuleValue", Inline(&INGRESS_RULE_VALUE)),
+    ]);
+    pub(super) static INGRESS_RULE_VALUE: Message = m("IngressRuleValue", &[
+        p(1, "http", Msg(&HTTP_INGRESS_RULE_VALUE)),
+    ]);
+    pub(super) static HTTP_INGRESS_RULE_VALUE: Message = m("HTTPIngressRuleValue", &[
+        r(1, "paths", Msg(&HTTP_INGRESS_PATH)),
+    ]);
+    pub(super) static HTTP_INGRESS_PATH: Message = m("HTTPIngressPath", &[
+        v(1, "path", Str), p(3, "pathType", Str), v(2, "backend", Msg(&INGRESS_BACKEND)),
+    ]);
 
-// autoscaling
-static HPA: Message = m(
-    "HorizontalPodAutoscaler",
-    &[
-        v(1, "metadata", Msg(&OBJECT_META)),
-        v(2, "spec", Msg(&HPA_SPEC)),
+    // autoscaling
+    pub(super) static HPA: Message = m("HorizontalPodAutoscaler", &[
+        v(1, "metadata", Msg(&OBJECT_META)), v(2, "spec", Msg(&HPA_SPEC)),
         // 3 status: set by the autoscaler.
-    ],
-);
-static HPA_SPEC: Message = m(
-    "HorizontalPodAutoscalerSpec",
-    &[
-        v(1, "scaleTargetRef", Msg(&CROSS_VERSION_OBJECT_REFERENCE)),
-        p(2, "minReplicas", Int),
-        v(3, "maxReplicas", Int),
-        r(4, "metrics", Msg(&METRIC_SPEC)),
-    ],
-);
-static CROSS_VERSION_OBJECT_REFERENCE: Message = m(
-    "CrossVersionObjectReference",
-    &[
-        v(1, "kind", Str),
-        v(2, "name", Str),
-        v(3, "apiVersion", Str),
-    ],
-);
-static METRIC_SPEC: Message = m(
-    "MetricSpec",
-    &[
-        v(1, "type", Str),
-        p(4, "resource", Msg(&RESOURCE_METRIC_SOURCE)),
-        p(
-            7,
-            "containerResource",
-            Msg(&CONTAINER_RESOURCE_METRIC_SOURCE),
-        ),
-    ],
-);
-static RESOURCE_METRIC_SOURCE: Message = m(
-    "ResourceMetricSource",
-    &[v(1, "name", Str), v(2, "target", Msg(&METRIC_TARGET))],
-);
-static CONTAINER_RESOURCE_METRIC_SOURCE: Message = m(
-    "ContainerResourceMetricSource",
-    &[
-        v(1, "name", Str),
-        v(2, "target", Msg(&METRIC_TARGET)),
-        v(3, "container", Str),
-    ],
-);
-static METRIC_TARGET: Message = m(
-    "MetricTarget",
-    &[
-        v(1, "type", Str),
-        p(2, "value", Quantity),
-        p(3, "averageValue", Quantity),
+    ]);
+    pub(super) static HPA_SPEC: Message = m("HorizontalPodAutoscalerSpec", &[
+        v(1, "scaleTargetRef", Msg(&CROSS_VERSION_OBJECT_REFERENCE)), p(2, "minReplicas", Int),
+        v(3, "maxReplicas", Int), r(4, "metrics", Msg(&METRIC_SPEC)),
+    ]);
+    pub(super) static CROSS_VERSION_OBJECT_REFERENCE: Message = m("CrossVersionObjectReference", &[
+        v(1, "kind", Str), v(2, "name", Str), v(3, "apiVersion", Str),
+    ]);
+    pub(super) static METRIC_SPEC: Message = m("MetricSpec", &[
+        v(1, "type", Str), p(4, "resource", Msg(&RESOURCE_METRIC_SOURCE)),
+        p(7, "containerResource", Msg(&CONTAINER_RESOURCE_METRIC_SOURCE)),
+    ]);
+    pub(super) static RESOURCE_METRIC_SOURCE: Message = m("ResourceMetricSource", &[
+        v(1, "name", Str), v(2, "target", Msg(&METRIC_TARGET)),
+    ]);
+    pub(super) static CONTAINER_RESOURCE_METRIC_SOURCE: Message = m("ContainerResourceMetricSource", &[
+        v(1, "name", Str), v(2, "target", Msg(&METRIC_TARGET)), v(3, "container", Str),
+    ]);
+    pub(super) static METRIC_TARGET: Message = m("MetricTarget", &[
+        v(1, "type", Str), p(2, "value", Quantity), p(3, "averageValue", Quantity),
         p(4, "averageUtilization", Int),
-    ],
-);
-static SCALE: Message = m(
-    "Scale",
-    &[
-        v(1, "metadata", Msg(&OBJECT_META)),
-        v(2, "spec", Msg(&SCALE_SPEC)),
-    ],
-);
-// `replicas: 0` is the point of a scale to zero: kept.
-static SCALE_SPEC: Message = m("ScaleSpec", &[p(1, "replicas", Int)]);
+    ]);
+    pub(super) static SCALE: Message = m("Scale", &[
+        v(1, "metadata", Msg(&OBJECT_META)), v(2, "spec", Msg(&SCALE_SPEC)),
+    ]);
 
-// coordination.k8s.io/v1
-static LEASE: Message = m(
-    "Lease",
-    &[
-        v(1, "metadata", Msg(&OBJECT_META)),
-        v(2, "spec", Msg(&LEASE_SPEC)),
-    ],
-);
-static LEASE_SPEC: Message = m(
-    "LeaseSpec",
-    &[
-        p(1, "holderIdentity", Str),
-        p(2, "leaseDurationSeconds", Int),
-        p(3, "acquireTime", MicroTime),
-        p(4, "renewTime", MicroTime),
-        p(5, "leaseTransitions", Int),
-        p(6, "strategy", Str),
-        p(7, "preferredHolder", Str),
-    ],
-);
+    // `replicas: 0` is the point of a scale to zero: kept.
+    pub(super) static SCALE_SPEC: Message = m("ScaleSpec", &[p(1, "replicas", Int)]);
+
+    // coordination.k8s.io/v1
+    pub(super) static LEASE: Message = m("Lease", &[
+        v(1, "metadata", Msg(&OBJECT_META)), v(2, "spec", Msg(&LEASE_SPEC)),
+    ]);
+    pub(super) static LEASE_SPEC: Message = m("LeaseSpec", &[
+        p(1, "holderIdentity", Str), p(2, "leaseDurationSeconds", Int),
+        p(3, "acquireTime", MicroTime), p(4, "renewTime", MicroTime), p(5, "leaseTransitions", Int),
+        p(6, "strategy", Str), p(7, "preferredHolder", Str),
+    ]);
+}
+
+use schema::*;
+use Kind::{
+    Bool, BytesMap, Inline, Int, IntOrString, MicroTime, Msg, QtyMap, Quantity, Str, StrMap, Time,
+};
 
 // ---------------------------------------------------------------------------
 // Wire format
@@ -1029,8 +676,8 @@ const FIXED64: u64 = 1;
 const LEN: u64 = 2;
 const FIXED32: u64 = 5;
 
-/// A decoding failure on the way back up: the problem and the field path
-/// collected so far (innermost last added at the front).
+/// A decoding failure on its way up: the problem, and the field path
+/// collected so far (innermost segment first).
 #[derive(Debug)]
 struct Malformed {
     path: Vec<String>,
