@@ -99,13 +99,17 @@ const START_DELAY: Duration = Duration::from_millis(40);
 
 /// Plays the node's part: every active pod that is not Ready is marked
 /// Running and Ready through the status subresource, [`START_DELAY`] after
-/// it was first seen.
+/// it was first seen (except pods of images tagged `stuck`).
 async fn mark_pods_ready(client: Client, stop: CancellationToken) {
     let mut first_seen: HashMap<String, Instant> = HashMap::new();
     while !stop.is_cancelled() {
         if let Ok((pods, _)) = client.list::<Pod>(None, None).await {
             let now = Instant::now();
             for pod in pods.iter().filter(|p| is_pod_active(p) && !is_pod_ready(p)) {
+                if image_of(pod).ends_with(":stuck") {
+                    // An image that never starts.
+                    continue;
+                }
                 let uid = pod.metadata.uid.clone().unwrap_or_default();
                 if now.duration_since(*first_seen.entry(uid).or_insert(now)) < START_DELAY {
                     continue;
@@ -648,5 +652,89 @@ async fn rollout_recreate_removes_old_pods_before_new_ones_start() {
     let (samples, violations) = sampler.await.unwrap();
     assert!(samples > 10, "only {samples} samples");
     assert!(violations.is_empty(), "{violations:?}");
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rollout_stuck_rollout_exceeds_its_progress_deadline() {
+    let rig = Rig::start().await;
+    let mut d = rolling("web", 3, 1, 0);
+    d.spec.as_mut().unwrap().progress_deadline_seconds = Some(2);
+    rig.client.create(Some(NS), &d).await.unwrap();
+    rig.wait_for_image(3, "nginx:1.25").await;
+    rig.kubectl_ok(&["rollout", "status", "deployment/web", "--timeout=30s"])
+        .await;
+
+    rig.kubectl_ok(&["set", "image", "deployment/web", "web=nginx:stuck"])
+        .await;
+    let out = rig
+        .api
+        .kubectl(&["rollout", "status", "deployment/web", "--timeout=30s"])
+        .await;
+    assert!(!out.success, "a stuck rollout does not succeed: {out:?}");
+    assert!(
+        out.stderr.contains("exceeded its progress deadline"),
+        "{out:?}"
+    );
+    let d = rig.deployment("web").await;
+    let conditions = d.status.unwrap().conditions.unwrap();
+    let progressing = conditions
+        .iter()
+        .find(|c| c.type_ == "Progressing")
+        .unwrap();
+    assert_eq!(
+        (progressing.status.as_str(), progressing.reason.as_deref()),
+        ("False", Some("ProgressDeadlineExceeded"))
+    );
+    // maxUnavailable 0: the old pods all stay while the new one is stuck.
+    let pods = rig.active_pods().await;
+    let old_ready = pods
+        .iter()
+        .filter(|p| image_of(p) == "nginx:1.25" && is_pod_ready(p))
+        .count();
+    assert_eq!((pods.len(), old_ready), (4, 3));
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rollout_deployment_with_selector_not_matching_template_reports_it() {
+    let rig = Rig::start().await;
+    let mut d = rolling("odd", 2, 1, 0);
+    d.spec.as_mut().unwrap().selector = LabelSelector {
+        match_expressions: Some(vec![LabelSelectorRequirement {
+            key: "app".into(),
+            operator: "NotIn".into(),
+            values: Some(vec!["odd".into()]),
+        }]),
+        ..Default::default()
+    };
+    rig.client.create(Some(NS), &d).await.unwrap();
+    wait_until(
+        "a ReplicaFailure condition and a Warning event",
+        WAIT,
+        || async {
+            let d = rig.deployment("odd").await;
+            let cond = d
+                .status?
+                .conditions?
+                .into_iter()
+                .find(|c| c.type_ == "ReplicaFailure")?;
+            (cond.reason.as_deref() == Some("SelectorMismatch")).then_some(())?;
+            let (events, _) = rig.client.list::<Event>(Some(NS), None).await.ok()?;
+            events
+                .iter()
+                .any(|e| {
+                    e.reason.as_deref() == Some("SelectorMismatch")
+                        && e.involved_object.kind.as_deref() == Some("Deployment")
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        rig.replicasets().await.is_empty(),
+        "no ReplicaSet for a bad Deployment"
+    );
     rig.stop().await;
 }
