@@ -353,3 +353,57 @@ async fn protobuf_malformed_bodies_get_400_and_unknown_kinds_415() {
     assert_eq!(names.trim(), "configmap/by-hand", "nothing else was stored");
     api.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn protobuf_updates_and_delete_options_with_preconditions() {
+    let api = TestApi::start().await;
+    let metadata = field(1, b"guarded");
+    let body = envelope("v1", "ConfigMap", &field(1, &metadata));
+    let (status, created) = api.request("POST", CONFIGMAPS, PROTOBUF, &body).await;
+    assert_eq!(status, 201, "{created}");
+    let rv = created["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // An update (PUT) with a protobuf body.
+    let path = format!("{CONFIGMAPS}/guarded");
+    let metadata = [field(1, b"guarded"), field(6, rv.as_bytes())].concat();
+    let entry = [field(1, b"k"), field(2, b"v2")].concat();
+    let body = envelope(
+        "v1",
+        "ConfigMap",
+        &[field(1, &metadata), field(2, &entry)].concat(),
+    );
+    let (status, updated) = api.request("PUT", &path, PROTOBUF, &body).await;
+    assert_eq!(status, 200, "{updated}");
+    assert_eq!(updated["data"], json!({"k": "v2"}));
+    let rv = updated["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let stale = (rv.parse::<u64>().unwrap() - 1).to_string();
+    let options = |rv: &str| {
+        let preconditions = field(2, rv.as_bytes());
+        envelope(
+            "meta.k8s.io/v1",
+            "DeleteOptions",
+            &[field(2, &preconditions), field(4, b"Background")].concat(),
+        )
+    };
+    let (status, answer) = api
+        .request("DELETE", &path, PROTOBUF, &options(&stale))
+        .await;
+    assert_eq!(status, 409, "a stale precondition refuses: {answer}");
+    api.kubectl_ok(&["get", "configmap", "guarded"]).await;
+
+    let (status, answer) = api.request("DELETE", &path, PROTOBUF, &options(&rv)).await;
+    assert_eq!(status, 200, "{answer}");
+    let gone = api.kubectl(&["get", "configmap", "guarded"]).await;
+    assert!(
+        !gone.success && gone.stderr.contains("NotFound"),
+        "{}",
+        gone.stderr
+    );
+    api.shutdown().await;
+}

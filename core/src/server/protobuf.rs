@@ -1728,6 +1728,47 @@ mod tests {
         assert!(malformed(&body).contains("Unknown.raw"));
     }
 
+    /// Random bytes and randomly damaged bodies decode or fail with an
+    /// error, never a panic.
+    #[test]
+    fn random_and_damaged_bodies_never_panic() {
+        let good = envelope(
+            "apps/v1",
+            "Deployment",
+            &[
+                meta("web"),
+                msg(
+                    2,
+                    &[
+                        int(1, 3),
+                        msg(
+                            3,
+                            &[msg(
+                                2,
+                                &[container(&[
+                                    string(1, "c"),
+                                    msg(8, &[qty_entry(1, "cpu", "1")]),
+                                    msg(6, &[int(3, 80)]),
+                                ])],
+                            )],
+                        ),
+                    ],
+                ),
+            ],
+        );
+        for _ in 0..20_000 {
+            let mut body = good.clone();
+            for _ in 0..rand::random_range(1..4) {
+                let at = rand::random_range(4..body.len());
+                body[at] = rand::random();
+            }
+            let _ = to_json(&body);
+            let len = rand::random_range(0..64);
+            let noise: Vec<u8> = (0..len).map(|_| rand::random()).collect();
+            let _ = to_json(&[b"k8s\0".to_vec(), noise].concat());
+        }
+    }
+
     /// Every message reachable from a kind has distinct field numbers and
     /// JSON names.
     #[test]
