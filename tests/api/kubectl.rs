@@ -1,5 +1,6 @@
 //! What kubectl users do, checked on what kubectl prints.
 
+use orch_core::controller::{namespace, LoopContext, LoopSettings};
 use orch_tests::api::TestApi;
 
 const MANIFEST: &str = r#"
@@ -120,6 +121,13 @@ async fn kubectl_create_namespace_and_configmap() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kubectl_applies_edits_patches_scales_and_deletes_a_multi_document_manifest() {
     let api = TestApi::start().await;
+    // `kubectl delete` of the manifest's Namespace waits until the
+    // namespace controller has emptied and removed it.
+    let loops = LoopContext::new(
+        api.plane.as_ref().unwrap().client(),
+        LoopSettings::default(),
+    );
+    tokio::spawn(namespace::run(loops.clone()));
     let file = api.path("app.yaml");
     std::fs::write(&file, MANIFEST).unwrap();
     let file = file.to_str().unwrap();
@@ -327,7 +335,11 @@ async fn kubectl_applies_edits_patches_scales_and_deletes_a_multi_document_manif
     );
 
     // Delete everything the manifest made.
-    let deleted = api.kubectl_ok(&["delete", "-f", file]).await;
+    // The namespace goes first and takes its contents with it, so some of
+    // the later objects may already be gone.
+    let deleted = api
+        .kubectl_ok(&["delete", "-f", file, "--ignore-not-found"])
+        .await;
     assert!(
         deleted.contains("deployment.apps \"web\" deleted"),
         "{deleted}"
@@ -338,6 +350,13 @@ async fn kubectl_applies_edits_patches_scales_and_deletes_a_multi_document_manif
         "{}",
         gone.stderr
     );
+    let gone = api.kubectl(&["get", "namespace", "shop"]).await;
+    assert!(
+        !gone.success && gone.stderr.contains("NotFound"),
+        "{}",
+        gone.stderr
+    );
+    loops.stop.cancel();
     api.shutdown().await;
 }
 
