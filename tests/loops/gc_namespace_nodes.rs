@@ -1011,3 +1011,76 @@ async fn endpoints_follow_pod_readiness() {
     ctx.stop.cancel();
     api.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn node_dead_nodes_pods_are_replaced_within_five_seconds() {
+    use orch_core::controller::{replicaset, scheduler};
+    use orch_core::hollow::{HollowCluster, HollowConfig};
+
+    let api = TestApi::start().await;
+    let client = api.plane.as_ref().unwrap().client();
+    let hollow = HollowCluster::start(
+        client.clone(),
+        HollowConfig {
+            nodes: 2,
+            ..HollowConfig::default()
+        },
+    )
+    .await
+    .expect("hollow nodes register");
+    let ctx = LoopContext::new(client.clone(), LoopSettings::default());
+    tokio::spawn(scheduler::run(ctx.clone()));
+    tokio::spawn(replicaset::run(ctx.clone()));
+    tokio::spawn(node_lifecycle::run(ctx.clone()));
+    tokio::spawn(garbage_collector::run(ctx.clone()));
+    let rs: ReplicaSet = from_json(json!({
+        "apiVersion": "apps/v1", "kind": "ReplicaSet",
+        "metadata": {"name": "web"},
+        "spec": {
+            "replicas": 6,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "main", "image": "nginx:1.27",
+                    "resources": {"requests": {"cpu": "100m"}}}]}
+            }
+        }
+    }));
+    client.create(Some(NS), &rs).await.expect("rs created");
+    // (node, ready) of each live pod of the ReplicaSet.
+    let placed = || async {
+        let (pods, _) = client
+            .list::<Pod>(Some(NS), Some("app=web"))
+            .await
+            .expect("list pods");
+        pods.iter()
+            .map(|p| {
+                let node = p.spec.as_ref().and_then(|s| s.node_name.clone());
+                let ready = p.metadata.deletion_timestamp.is_none()
+                    && pod_ready(p).as_deref() == Some("True");
+                (node.unwrap_or_default(), ready)
+            })
+            .collect::<Vec<_>>()
+    };
+    let before = wait_until("six ready pods", WAIT, || async {
+        let pods = placed().await;
+        (pods.len() == 6 && pods.iter().all(|(_, ready)| *ready)).then_some(pods)
+    })
+    .await;
+    let dead = before[0].0.clone();
+    assert!(hollow.stop_node(&dead));
+    let stopped = Instant::now();
+    wait_until("the dead node's pods are replaced", WAIT, || async {
+        let pods = placed().await;
+        (pods.len() == 6 && pods.iter().all(|(node, ready)| *ready && *node != dead)).then_some(())
+    })
+    .await;
+    let took = stopped.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "replacing a dead node's pods took {took:?}"
+    );
+    ctx.stop.cancel();
+    hollow.shutdown().await;
+    api.shutdown().await;
+}
