@@ -57,6 +57,34 @@ fn default_rolling_workload(spec: &mut Value, strategy_key: &str, rolling: Value
     default_pod_spec(&mut spec["template"]["spec"]);
 }
 
+/// A Job without a selector (and without `manualSelector`) selects its
+/// pods by its own uid, as Kubernetes generates it: the selector and the
+/// template labels `batch.kubernetes.io/controller-uid` and
+/// `batch.kubernetes.io/job-name` (plus their legacy short forms).
+fn default_job_selector(job: &mut Value) {
+    let uid = job["metadata"]["uid"].as_str().unwrap_or("").to_string();
+    let name = job["metadata"]["name"].as_str().unwrap_or("").to_string();
+    if uid.is_empty()
+        || !job["spec"]["selector"].is_null()
+        || job["spec"]["manualSelector"] == json!(true)
+    {
+        return;
+    }
+    job["spec"]["selector"] = json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}});
+    let labels = &mut job["spec"]["template"]["metadata"]["labels"];
+    if !labels.is_object() {
+        *labels = json!({});
+    }
+    for (key, value) in [
+        ("batch.kubernetes.io/controller-uid", &uid),
+        ("controller-uid", &uid),
+        ("batch.kubernetes.io/job-name", &name),
+        ("job-name", &name),
+    ] {
+        default(labels, key, json!(value));
+    }
+}
+
 /// Applies the defaults of `resource` to `object`.
 pub fn apply(resource: &Resource, object: &mut Value) {
     match resource.kind {
@@ -97,6 +125,7 @@ pub fn apply(resource: &Resource, object: &mut Value) {
             default_pod_spec(&mut object["spec"]["template"]["spec"]);
         }
         "Job" => {
+            default_job_selector(object);
             let spec = &mut object["spec"];
             default(spec, "completions", json!(1));
             default(spec, "parallelism", json!(1));
@@ -143,6 +172,26 @@ pub fn apply(resource: &Resource, object: &mut Value) {
 mod tests {
     use super::*;
     use crate::resource::find_kind;
+
+    #[test]
+    fn jobs_without_a_selector_select_their_pods_by_uid() {
+        let job_kind = find_kind("batch/v1", "Job").unwrap();
+        let mut job = json!({"metadata": {"name": "pi", "uid": "u-1"}, "spec": {"template": {"spec": {"containers": [{"name": "a", "image": "busybox"}]}}}});
+        apply(job_kind, &mut job);
+        assert_eq!(
+            job["spec"]["selector"]["matchLabels"]["batch.kubernetes.io/controller-uid"],
+            "u-1"
+        );
+        let labels = &job["spec"]["template"]["metadata"]["labels"];
+        assert_eq!(labels["batch.kubernetes.io/controller-uid"], "u-1");
+        assert_eq!(labels["job-name"], "pi");
+        let mut manual = json!({"metadata": {"name": "m", "uid": "u-2"}, "spec": {"manualSelector": true, "template": {}}});
+        apply(job_kind, &mut manual);
+        assert!(
+            manual["spec"]["selector"].is_null(),
+            "a manual selector is left to the user"
+        );
+    }
 
     #[test]
     fn pods_get_the_defaults_kubectl_users_rely_on() {
