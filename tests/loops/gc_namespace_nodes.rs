@@ -674,6 +674,33 @@ async fn node_reporting_not_ready_gets_not_ready_taints() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn node_deleted_nodes_pods_are_removed() {
+    let api = TestApi::start().await;
+    let client = api.plane.as_ref().unwrap().client();
+    create_ready_node(&client, "n1").await;
+    let renewing = keep_renewing(&client, "n1");
+    create_running_pod(&client, "web", "n1", json!([])).await;
+    let ctx = start(&client, LoopSettings::default(), node_lifecycle::run);
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(pod_exists(&client, NS, "web").await);
+    api.kubectl_ok(&["delete", "node", "n1"]).await;
+    let deleted = Instant::now();
+    wait_until("the deleted node's pod is removed", WAIT, || async {
+        (!pod_exists(&client, NS, "web").await).then_some(())
+    })
+    .await;
+    assert!(
+        deleted.elapsed() >= Duration::from_millis(1500),
+        "removed after {:?}, before the grace period",
+        deleted.elapsed()
+    );
+    renewing.cancel();
+    ctx.stop.cancel();
+    api.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn node_toleration_seconds_delays_eviction() {
     let api = TestApi::start().await;
     let client = api.plane.as_ref().unwrap().client();

@@ -304,7 +304,7 @@ fn groups(state: &State, service: &Service) -> BTreeMap<Vec<Port>, Vec<Member>> 
         let member = Member {
             ip,
             ready: publish_not_ready || (pod_ready && !terminating),
-            serving: publish_not_ready || pod_ready,
+            serving: pod_ready,
             terminating,
             pod: pod.clone(),
         };

@@ -24,6 +24,10 @@
 //!   long after this controller first saw the taint; one that tolerates it
 //!   without `tolerationSeconds` stays.
 //!
+//! Pods bound to a node that does not exist (for the grace period, and
+//! confirmed by a GET) are deleted with `gracePeriodSeconds: 0`, as
+//! Kubernetes' pod garbage collector does.
+//!
 //! Pods deleted from an unreachable node (stale Lease) are deleted with
 //! `gracePeriodSeconds: 0`: no agent is left to stop their containers and
 //! finish the deletion, and their controllers must be able to replace them.
@@ -71,6 +75,9 @@ struct Memory {
     /// Per `node/taint key/effect`: the taint's `timeAdded` and when this
     /// controller first saw it.
     taints_seen: HashMap<String, (Option<String>, Instant)>,
+    /// Per node that pods are bound to but that does not exist: since when
+    /// it has been seen missing.
+    missing_since: HashMap<String, Instant>,
 }
 
 /// The caches and settings one reconcile reads.
@@ -176,12 +183,20 @@ fn lease_is_stale(state: &State, name: &str) -> bool {
 
 async fn reconcile(state: &State, name: &str) -> Result<Action, ReconcileError> {
     let Some(node) = state.nodes.get(name) else {
-        let mut memory = state.memory.lock().expect("node memory lock");
-        memory.renewals.remove(name);
-        let prefix = format!("{name}/");
-        memory.taints_seen.retain(|k, _| !k.starts_with(&prefix));
-        return Ok(Action::Done);
+        {
+            let mut memory = state.memory.lock().expect("node memory lock");
+            memory.renewals.remove(name);
+            let prefix = format!("{name}/");
+            memory.taints_seen.retain(|k, _| !k.starts_with(&prefix));
+        }
+        return collect_orphaned_pods(state, name).await;
     };
+    state
+        .memory
+        .lock()
+        .expect("node memory lock")
+        .missing_since
+        .remove(name);
     let stale = lease_is_stale(state, name);
     if stale {
         mark_unknown(state, &node).await?;
@@ -199,6 +214,59 @@ async fn reconcile(state: &State, name: &str) -> Result<Action, ReconcileError> 
         }
     }
     evict(state, name, &taints, &pods, stale).await
+}
+
+/// Pods bound to a node that does not exist (deleted, or never
+/// registered) have no agent: once the node has been missing for the grace
+/// period, and a GET confirms it is gone, they are deleted with
+/// `gracePeriodSeconds: 0` so their controllers replace them (Kubernetes'
+/// pod garbage collector does the same for orphaned pods).
+async fn collect_orphaned_pods(state: &State, node: &str) -> Result<Action, ReconcileError> {
+    let pods = state.pods.by_index(BY_NODE, node);
+    if pods.is_empty() {
+        state
+            .memory
+            .lock()
+            .expect("node memory lock")
+            .missing_since
+            .remove(node);
+        return Ok(Action::Done);
+    }
+    let since = *state
+        .memory
+        .lock()
+        .expect("node memory lock")
+        .missing_since
+        .entry(node.to_string())
+        .or_insert_with(Instant::now);
+    let waited = since.elapsed();
+    if waited < state.grace {
+        return Ok(Action::RequeueAfter(state.grace - waited));
+    }
+    match state.client.get::<Node>(None, node).await {
+        Ok(_) => return Ok(Action::Done),
+        Err(e) if e.code == 404 => {}
+        Err(e) => return Err(e.into()),
+    }
+    for pod in pods {
+        let namespace = pod.metadata.namespace.as_deref().unwrap_or("");
+        let name = pod.metadata.name.as_deref().unwrap_or("");
+        tracing::info!(
+            node,
+            namespace,
+            pod = name,
+            "deleting pod of a missing node"
+        );
+        let options = json!({"gracePeriodSeconds": 0});
+        match delete_pod(&state.client, namespace, name, &options).await {
+            Ok(rev) => {
+                state.pods.wait_for_revision(rev, WRITE_WAIT).await;
+            }
+            Err(e) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(Action::Done)
 }
 
 /// Sets the node's Ready (and pressure) conditions to Unknown.
