@@ -59,6 +59,12 @@ struct Args {
     /// Lease renewal interval of every hollow node, in milliseconds.
     #[arg(long, default_value_t = 1_000)]
     renew_ms: u64,
+    /// Node lifecycle's grace period for a stale Lease, in milliseconds
+    /// (default: the loops' default). With thousands of nodes on a small
+    /// machine, raise it together with --renew-ms, as kubelets renew every
+    /// 10 s with a 40 s grace.
+    #[arg(long)]
+    node_grace_ms: Option<u64>,
     /// Hollow nodes talk HTTP to a follower's API server (failing over to
     /// the others) instead of calling its handlers in-process.
     #[arg(long)]
@@ -102,7 +108,11 @@ async fn start_masters(args: &Args, root: &std::path::Path) -> Result<Vec<Master
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let server = ApiServer::new(Registry::new(store.clone()));
         let handle = serve(listener, server.clone())?;
-        let loops = standard_loops(LoopSettings::default()).run_on_leader(store.clone());
+        let mut settings = LoopSettings::default();
+        if let Some(ms) = args.node_grace_ms {
+            settings.node_monitor_grace = Duration::from_millis(ms);
+        }
+        let loops = standard_loops(settings).run_on_leader(store.clone());
         masters.push(Master {
             store,
             server,
@@ -282,7 +292,7 @@ async fn main() -> Result<()> {
         .map(|n| n.get())
         .unwrap_or(0);
     let setting = format!(
-        "masters {}, nodes {}, pods {}, deployments {} ({} pods each), fsync {}, cores {}, lease renewal {} ms, hollow nodes via {}",
+        "masters {}, nodes {}, pods {}, deployments {} ({} pods each), fsync {}, cores {}, lease renewal {} ms, node grace {} ms, hollow nodes via {}",
         args.masters,
         args.nodes,
         args.pods,
@@ -291,6 +301,8 @@ async fn main() -> Result<()> {
         if args.no_fsync { "OFF" } else { "on" },
         cores,
         args.renew_ms,
+        args.node_grace_ms
+            .unwrap_or(LoopSettings::default().node_monitor_grace.as_millis() as u64),
         if args.hollow_http { "HTTP" } else { "in-process client" },
     );
     println!("reconcile-bench setting: {setting}");
@@ -450,11 +462,12 @@ async fn main() -> Result<()> {
         if began.elapsed() > timeout {
             let stats = hollow.stats();
             bail!(
-                "TIMEOUT after {:.0} s: not every pod is Running ({added} pods created, {bound} bound to a node, {running} Running of {}; hollow nodes started {}, status errors {}). Are the scheduler and the ReplicaSet/Deployment controllers running? setting: {setting}",
+                "TIMEOUT after {:.0} s: not every pod is Running ({added} pods created, {bound} bound to a node, {running} Running of {}; hollow nodes started {}, status errors {}, nodes re-reported Ready {} times). Are the scheduler and the ReplicaSet/Deployment controllers running? Nodes that keep going NotReady (lease renewals falling behind) get tainted and their pods evicted: raise --renew-ms and --node-grace-ms. setting: {setting}",
                 began.elapsed().as_secs_f64(),
                 args.pods,
                 stats.pods_started,
                 stats.pod_errors,
+                stats.ready_reports,
             );
         }
         if last_report.elapsed() >= Duration::from_secs(5) {
@@ -507,14 +520,23 @@ async fn main() -> Result<()> {
         to_running.max() as f64 / 1000.0
     );
     println!(
-        "hollow node : bound→Running written p50 {:>8.1} ms  p99 {:>8.1} ms  ({} pods started, {} status errors, {} lease renewals, {} lease errors, {} Ready re-reports)",
+        "hollow node : bound→Running written p50 {:>8.1} ms  p99 {:>8.1} ms  ({} pods started, {} status errors, {} lease renewals, {} lease errors)",
         ms(&hollow_side, 0.5),
         ms(&hollow_side, 0.99),
         stats.pods_started,
         stats.pod_errors,
         stats.lease_renewals,
-        stats.lease_errors,
-        stats.ready_reports
+        stats.lease_errors
+    );
+    let lease_seconds = registering.elapsed().as_secs_f64();
+    println!(
+        "leases      : {:.0} renewals/s achieved, {:.0}/s wanted ({} nodes every {} ms); nodes re-reported Ready {} times (marked NotReady meanwhile), pods {} times",
+        stats.lease_renewals as f64 / lease_seconds,
+        args.nodes as f64 * 1000.0 / args.renew_ms as f64,
+        args.nodes,
+        args.renew_ms,
+        stats.ready_reports,
+        stats.pod_ready_reports
     );
     for (name, metrics) in masters[leader].loops.metrics().all() {
         let s = metrics.snapshot();
