@@ -101,6 +101,9 @@ impl ControlPlane {
         let loops = config
             .loops
             .map(|settings| controller::standard_loops(settings).run_on_leader(store.clone()));
+        if let Some(loops) = &loops {
+            server.serve_loop_metrics(loops.metrics().clone());
+        }
         Ok(ControlPlane {
             store,
             server,

@@ -12,6 +12,20 @@ use orch_raft_store::{Kv, StoreError};
 use orch_tests::cluster::TestMasters;
 use orch_tests::wait_until;
 
+/// GETs `path` from `addr` over HTTP/1.1; returns the body.
+async fn http_get(addr: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response).await;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    text.split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default()
+}
+
 fn config_map(name: &str) -> ConfigMap {
     ConfigMap {
         metadata: ObjectMeta {
@@ -37,6 +51,36 @@ async fn leader_loops_run_on_one_master_and_move_when_it_stops() {
             "only the leader runs the loops"
         );
     }
+    // The leader serves its loops' counters at /metrics.
+    let metrics = wait_until(
+        "every loop to report metrics",
+        Duration::from_secs(10),
+        || {
+            let addr = masters.master(first).api.addr.to_string();
+            async move {
+                let text = http_get(&addr, "/metrics").await;
+                [
+                    "scheduler",
+                    "replicaset",
+                    "deployment",
+                    "garbage-collector",
+                    "node-lifecycle",
+                ]
+                .iter()
+                .all(|name| {
+                    text.contains(&format!(
+                        "orch_controller_queue_depth{{controller=\"{name}\"}}"
+                    ))
+                })
+                .then_some(text)
+            }
+        },
+    )
+    .await;
+    assert!(
+        metrics.contains("orch_controller_reconcile_seconds_bucket"),
+        "{metrics}"
+    );
     masters.stop(first).await;
     let second = masters.wait_for_loops().await;
     assert_ne!(second, first);

@@ -90,6 +90,11 @@ pub(crate) async fn dispatch(
             .header("content-type", "text/plain")
             .body(http_body_util::Full::new(Bytes::from_static(b"ok")).boxed())
             .expect("static response")),
+        Route::Metrics => Ok(Response::builder()
+            .status(StatusCode::OK)
+            .header("content-type", "text/plain; version=0.0.4")
+            .body(http_body_util::Full::new(Bytes::from(server.metrics_text())).boxed())
+            .expect("static response")),
         Route::OpenApi(path) if path == "v3" => read_only(super::openapi::index()),
         Route::OpenApi(path) => match path.strip_prefix("v3/") {
             Some(gv) => read_only(super::openapi::group_version(gv)?),

@@ -23,6 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::Instrument;
 
+use crate::controller::MetricsRegistry;
 use crate::error::ApiError;
 use crate::registry::Registry;
 
@@ -39,12 +40,30 @@ pub const MAX_BODY_BYTES: usize = 3 << 20;
 /// The API server's shared state.
 pub struct ApiServer {
     registry: Registry,
+    loop_metrics: std::sync::OnceLock<MetricsRegistry>,
 }
 
 impl ApiServer {
     /// An API server over a registry.
     pub fn new(registry: Registry) -> Arc<Self> {
-        Arc::new(ApiServer { registry })
+        Arc::new(ApiServer {
+            registry,
+            loop_metrics: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// Serves these control-loop metrics at `/metrics` (set once).
+    pub fn serve_loop_metrics(&self, metrics: MetricsRegistry) {
+        let _ = self.loop_metrics.set(metrics);
+    }
+
+    /// The `/metrics` page: the control loops' counters in Prometheus'
+    /// text format (empty on a master that never led).
+    pub fn metrics_text(&self) -> String {
+        self.loop_metrics
+            .get()
+            .map(MetricsRegistry::prometheus_text)
+            .unwrap_or_default()
     }
 
     /// The registry.

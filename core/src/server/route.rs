@@ -23,6 +23,8 @@ pub enum Route {
     Version,
     /// `/healthz`, `/readyz`, `/livez` and their sub-checks.
     Health,
+    /// `/metrics` (Prometheus text).
+    Metrics,
     /// `/openapi/v2` or `/openapi/v3[/...]`.
     OpenApi(String),
     /// A collection: `.../{plural}` (all namespaces or one).
@@ -57,6 +59,7 @@ pub fn parse(path: &str) -> Result<Route, ApiError> {
         ["apis"] => return Ok(Route::Groups),
         ["version"] => return Ok(Route::Version),
         ["healthz" | "readyz" | "livez", ..] => return Ok(Route::Health),
+        ["metrics"] => return Ok(Route::Metrics),
         ["openapi", rest @ ..] => return Ok(Route::OpenApi(rest.join("/"))),
         ["apis", group] => return Ok(Route::Group(group.to_string())),
         ["api", version, rest @ ..] => ("", *version, rest),
