@@ -63,10 +63,12 @@ impl NodeConfig {
             fsync: true,
             // openraft 0.9 also uses the heartbeat interval as the time
             // limit of each append-entries call, so it must cover a synced
-            // append on a loaded machine; etcd's default is 100 ms too.
-            heartbeat_interval: Duration::from_millis(100),
-            election_timeout_min: Duration::from_millis(300),
-            election_timeout_max: Duration::from_millis(600),
+            // append of a full batch on a loaded machine: at 100 ms (etcd's
+            // heartbeat) a busy 2-core master timed out every append and
+            // replication stalled. Elections wait 4-8 heartbeats (etcd: 10).
+            heartbeat_interval: Duration::from_millis(250),
+            election_timeout_min: Duration::from_millis(1000),
+            election_timeout_max: Duration::from_millis(2000),
             snapshot_after_logs: 20_000,
             logs_kept_after_snapshot: 5_000,
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,

@@ -6,6 +6,7 @@
 //! concerns. The cache also tracks the newest revision it has seen, so a
 //! loop can wait until its own writes are visible before acting again.
 
+use std::any::{Any, TypeId};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -45,12 +46,27 @@ pub type Indexer<K> = Arc<dyn Fn(&K) -> Vec<String> + Send + Sync>;
 
 struct Contents<K> {
     objects: HashMap<ObjectKey, Arc<K>>,
+    indexers: Vec<(&'static str, Indexer<K>)>,
     indexes: HashMap<&'static str, HashMap<String, BTreeSet<ObjectKey>>>,
 }
 
 impl<K> Contents<K> {
-    fn unindex(&mut self, indexers: &[(&'static str, Indexer<K>)], key: &str, object: &K) {
-        for (name, indexer) in indexers {
+    fn add_index(&mut self, name: &'static str, indexer: Indexer<K>) {
+        if self.indexers.iter().any(|(n, _)| *n == name) {
+            return;
+        }
+        let mut index: HashMap<String, BTreeSet<ObjectKey>> = HashMap::new();
+        for (key, object) in &self.objects {
+            for value in indexer(object) {
+                index.entry(value).or_default().insert(key.clone());
+            }
+        }
+        self.indexes.insert(name, index);
+        self.indexers.push((name, indexer));
+    }
+
+    fn unindex(&mut self, key: &str, object: &K) {
+        for (name, indexer) in &self.indexers {
             let index = self.indexes.entry(name).or_default();
             for value in indexer(object) {
                 if let Some(keys) = index.get_mut(&value) {
@@ -63,11 +79,11 @@ impl<K> Contents<K> {
         }
     }
 
-    fn insert(&mut self, indexers: &[(&'static str, Indexer<K>)], key: ObjectKey, object: Arc<K>) {
+    fn insert(&mut self, key: ObjectKey, object: Arc<K>) {
         if let Some(old) = self.objects.remove(&key) {
-            self.unindex(indexers, &key, &old);
+            self.unindex(&key, &old);
         }
-        for (name, indexer) in indexers {
+        for (name, indexer) in &self.indexers {
             let index = self.indexes.entry(name).or_default();
             for value in indexer(&object) {
                 index.entry(value).or_default().insert(key.clone());
@@ -76,9 +92,9 @@ impl<K> Contents<K> {
         self.objects.insert(key, object);
     }
 
-    fn remove(&mut self, indexers: &[(&'static str, Indexer<K>)], key: &str) -> Option<Arc<K>> {
+    fn remove(&mut self, key: &str) -> Option<Arc<K>> {
         let old = self.objects.remove(key)?;
-        self.unindex(indexers, key, &old);
+        self.unindex(key, &old);
         Some(old)
     }
 }
@@ -178,11 +194,50 @@ impl<K> Cache<K> {
     }
 }
 
+/// Sees every object an informer adds or changes, and the last state of
+/// every object it deletes, after the cache was updated.
+pub type Handler<K> = Arc<dyn Fn(&K) + Send + Sync>;
+
+/// A running informer: its cache and the handlers its changes go to.
+struct Running<K> {
+    cache: Cache<K>,
+    handlers: Arc<RwLock<Vec<Handler<K>>>>,
+}
+
+impl<K> Clone for Running<K> {
+    fn clone(&self) -> Self {
+        Running {
+            cache: self.cache.clone(),
+            handlers: self.handlers.clone(),
+        }
+    }
+}
+
+/// The informers shared by the loops of one context: one list + watch and
+/// one cache per kind (and namespace), however many loops look at it, as
+/// client-go's shared informer factory does. They stop with `stop`.
+#[derive(Clone)]
+pub struct SharedInformers {
+    stop: CancellationToken,
+    running: Arc<std::sync::Mutex<HashMap<(TypeId, Option<String>), Box<dyn Any + Send + Sync>>>>,
+}
+
+impl SharedInformers {
+    /// No informers yet; those started will stop when `stop` is cancelled.
+    pub fn new(stop: CancellationToken) -> Self {
+        SharedInformers {
+            stop,
+            running: Arc::default(),
+        }
+    }
+}
+
 /// Builds and starts an informer of kind `K`.
 pub struct Informer<K> {
     client: Client,
     namespace: Option<String>,
     indexers: Vec<(&'static str, Indexer<K>)>,
+    shared: Option<SharedInformers>,
 }
 
 impl<K> Informer<K>
@@ -195,6 +250,17 @@ where
             client,
             namespace: None,
             indexers: Vec::new(),
+            shared: None,
+        }
+    }
+
+    /// An informer that joins the one of `shared` for the same kind and
+    /// namespace if it runs (adding its indexes and handler to it), or
+    /// becomes it.
+    pub fn shared(client: Client, shared: SharedInformers) -> Self {
+        Informer {
+            shared: Some(shared),
+            ..Informer::new(client)
         }
     }
 
@@ -214,19 +280,78 @@ where
         self
     }
 
-    /// Runs the informer until `stop` is cancelled; returns its cache at
-    /// once. `on_change` sees every object that was added or changed, and
-    /// the last state of every object that was deleted, after the cache
-    /// was updated.
+    /// Runs the informer (until `stop` is cancelled, or the shared
+    /// informers' stop); returns its cache at once. `on_change` sees every
+    /// object that was added or changed, and the last state of every object
+    /// that was deleted, after the cache was updated; joining a running
+    /// shared informer, it first sees every object already cached.
     pub fn start(
         self,
         stop: CancellationToken,
         on_change: impl Fn(&K) + Send + Sync + 'static,
     ) -> Cache<K> {
-        let contents = Arc::new(RwLock::new(Contents {
+        let on_change: Handler<K> = Arc::new(on_change);
+        let Some(shared) = self.shared.clone() else {
+            let running = self.spawn(stop);
+            running
+                .handlers
+                .write()
+                .expect("handlers lock")
+                .push(on_change);
+            return running.cache;
+        };
+        let key = (TypeId::of::<K>(), self.namespace.clone());
+        let (running, joined) = {
+            let mut all = shared.running.lock().expect("informers lock");
+            match all.get(&key).and_then(|r| r.downcast_ref::<Running<K>>()) {
+                Some(running) => (running.clone(), true),
+                None => {
+                    let running = self.clone_config().spawn(shared.stop.clone());
+                    all.insert(key, Box::new(running.clone()));
+                    (running, false)
+                }
+            }
+        };
+        {
+            let mut contents = running.cache.contents.write().expect("cache lock");
+            for (name, indexer) in self.indexers {
+                contents.add_index(name, indexer);
+            }
+        }
+        // Register, then replay what is cached already (a change racing
+        // with the replay is seen twice, which queues are made for).
+        running
+            .handlers
+            .write()
+            .expect("handlers lock")
+            .push(on_change.clone());
+        if joined {
+            for object in running.cache.list() {
+                on_change(&object);
+            }
+        }
+        running.cache
+    }
+
+    fn clone_config(&self) -> Informer<K> {
+        Informer {
+            client: self.client.clone(),
+            namespace: self.namespace.clone(),
+            indexers: self.indexers.clone(),
+            shared: None,
+        }
+    }
+
+    fn spawn(self, stop: CancellationToken) -> Running<K> {
+        let mut contents = Contents {
             objects: HashMap::new(),
+            indexers: Vec::new(),
             indexes: HashMap::new(),
-        }));
+        };
+        for (name, indexer) in &self.indexers {
+            contents.add_index(name, indexer.clone());
+        }
+        let contents = Arc::new(RwLock::new(contents));
         let (ready_tx, ready) = watch::channel(false);
         let (revision_tx, revision) = watch::channel(0u64);
         let cache = Cache {
@@ -234,33 +359,42 @@ where
             ready,
             revision,
         };
-        let run = run(self, contents, ready_tx, revision_tx, Box::new(on_change));
+        let handlers: Arc<RwLock<Vec<Handler<K>>>> = Arc::default();
+        let run = run(
+            self.client,
+            self.namespace,
+            contents,
+            ready_tx,
+            revision_tx,
+            handlers.clone(),
+        );
         tokio::spawn(async move {
             tokio::select! {
                 _ = stop.cancelled() => {}
                 _ = run => {}
             }
         });
-        cache
+        Running { cache, handlers }
     }
 }
 
-type OnChange<K> = Box<dyn Fn(&K) + Send + Sync>;
+fn announce<K>(handlers: &RwLock<Vec<Handler<K>>>, object: &K) {
+    let handlers = handlers.read().expect("handlers lock").clone();
+    for handler in handlers {
+        handler(object);
+    }
+}
 
 async fn run<K>(
-    informer: Informer<K>,
+    client: Client,
+    namespace: Option<String>,
     contents: Arc<RwLock<Contents<K>>>,
     ready: watch::Sender<bool>,
     revision: watch::Sender<u64>,
-    on_change: OnChange<K>,
+    handlers: Arc<RwLock<Vec<Handler<K>>>>,
 ) where
     K: k8s_openapi::Resource + Metadata<Ty = ObjectMeta> + DeserializeOwned + Send + Sync + 'static,
 {
-    let Informer {
-        client,
-        namespace,
-        indexers,
-    } = informer;
     loop {
         // Full list: replace the cache, announce everything that changed.
         let (items, rv) = match client.list::<K>(namespace.as_deref(), None).await {
@@ -283,16 +417,14 @@ async fn run<K>(
                 .filter(|k| !fresh.contains_key(*k))
                 .cloned()
                 .collect();
-            let mut announced: Vec<Arc<K>> = gone
-                .iter()
-                .filter_map(|key| cached.remove(&indexers, key))
-                .collect();
+            let mut announced: Vec<Arc<K>> =
+                gone.iter().filter_map(|key| cached.remove(key)).collect();
             for (key, object) in fresh.drain() {
                 let unchanged = cached.objects.get(&key).is_some_and(|old| {
                     old.metadata().resource_version == object.metadata().resource_version
                 });
                 if !unchanged {
-                    cached.insert(&indexers, key, object.clone());
+                    cached.insert(key, object.clone());
                     announced.push(object);
                 }
             }
@@ -300,7 +432,7 @@ async fn run<K>(
         };
         revision.send_modify(|seen| *seen = (*seen).max(rv.parse().unwrap_or(0)));
         for object in &announced {
-            on_change(object);
+            announce(&handlers, object);
         }
         ready.send_replace(true);
         // Follow the watch until it breaks or is compacted away.
@@ -320,13 +452,13 @@ async fn run<K>(
                     {
                         let mut cached = contents.write().expect("cache lock");
                         if kind == EventType::Deleted {
-                            cached.remove(&indexers, &key);
+                            cached.remove(&key);
                         } else {
-                            cached.insert(&indexers, key, object.clone());
+                            cached.insert(key, object.clone());
                         }
                     }
                     revision.send_modify(|seen| *seen = (*seen).max(rev));
-                    on_change(&object);
+                    announce(&handlers, &object);
                 }
                 Err(e) => {
                     tracing::info!(kind = K::KIND, error = %e, "informer watch ended; re-listing");

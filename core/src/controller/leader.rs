@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use super::informer::{Informer, ObjectKey};
+use super::informer::{Informer, ObjectKey, SharedInformers};
 use super::queue::{Backoff, Queue};
 use super::runner::{self, Action, Metrics, ReconcileError};
 use crate::client::Client;
@@ -66,22 +66,27 @@ pub struct LoopContext {
     /// Timings and sizes.
     pub settings: Arc<LoopSettings>,
     metrics: MetricsRegistry,
+    informers: SharedInformers,
 }
 
 impl LoopContext {
     /// A context for loops run by hand (tests, embedding without a store
     /// leader): `client` is used as is.
     pub fn new(client: Client, settings: LoopSettings) -> LoopContext {
+        let stop = CancellationToken::new();
         LoopContext {
             client,
             term: 0,
-            stop: CancellationToken::new(),
+            informers: SharedInformers::new(stop.clone()),
+            stop,
             settings: Arc::new(settings),
             metrics: MetricsRegistry::default(),
         }
     }
 
-    /// An informer of `K` that stops with the loops.
+    /// An informer of `K`, shared by every loop of this context that asks
+    /// for the same kind and namespace (one list + watch and one cache,
+    /// with the indexes all of them added); it stops with the loops.
     pub fn informer<K>(&self) -> Informer<K>
     where
         K: k8s_openapi::Resource
@@ -91,7 +96,7 @@ impl LoopContext {
             + Sync
             + 'static,
     {
-        Informer::new(self.client.clone())
+        Informer::shared(self.client.clone(), self.informers.clone())
     }
 
     /// A work queue that is closed when the loops stop.
@@ -267,10 +272,12 @@ impl ControlLoops {
                 if let Some(term) = current {
                     tracing::info!(term, "leading: starting control loops");
                     let server = ApiServer::new(Registry::new(store.fenced(term)));
+                    let stop = CancellationToken::new();
                     let ctx = LoopContext {
                         client: Client::in_process(server),
                         term,
-                        stop: CancellationToken::new(),
+                        informers: SharedInformers::new(stop.clone()),
+                        stop,
                         settings: settings.clone(),
                         metrics: registry.clone(),
                     };
