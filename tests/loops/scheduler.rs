@@ -138,6 +138,15 @@ async fn wait_unschedulable(client: &Client, name: &str) -> String {
     .await
 }
 
+/// Waits until the pod's PodScheduled condition is True.
+async fn wait_marked_scheduled(client: &Client, name: &str) {
+    wait_until(&format!("{name} PodScheduled=True"), TIMEOUT, || async {
+        let pod: Pod = client.get(Some("default"), name).await.ok()?;
+        (scheduled_condition(&pod)?.0 == "True").then_some(())
+    })
+    .await
+}
+
 async fn wait_bound(client: &Client, name: &str) -> String {
     wait_until(&format!("{name} bound"), TIMEOUT, || node_of(client, name)).await
 }
@@ -160,9 +169,7 @@ async fn scheduler_spreads_pods_over_three_nodes() {
         *per_node
             .entry(wait_bound(&client, &name).await)
             .or_default() += 1;
-        let pod: Pod = client.get(Some("default"), &name).await.unwrap();
-        let (status, _, _) = scheduled_condition(&pod).expect("PodScheduled condition");
-        assert_eq!(status, "True", "{name} is marked scheduled");
+        wait_marked_scheduled(&client, &name).await;
     }
     assert_eq!(per_node.len(), 3, "every node got pods: {per_node:?}");
     assert!(
@@ -220,8 +227,7 @@ async fn scheduler_pod_that_fits_nowhere_waits_for_a_node_with_room() {
         "a new node wakes waiting pods at once, not after their back-off ({:?})",
         started.elapsed()
     );
-    let pod: Pod = client.get(Some("default"), "big").await.unwrap();
-    assert_eq!(scheduled_condition(&pod).unwrap().0, "True");
+    wait_marked_scheduled(&client, "big").await;
     ctx.stop.cancel();
     api.shutdown().await;
 }

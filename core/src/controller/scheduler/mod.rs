@@ -12,11 +12,11 @@
 //!
 //! Attempts run one at a time under the view's lock; binds do not: a pod
 //! whose node is chosen is "assumed" on it at once (so the next attempt
-//! counts it), and the bind (a `pods/binding` create, then the
-//! PodScheduled=True condition) is written in the background, many at a
-//! time, which the store's proposal batcher packs into few Raft entries.
-//! The assumption ends when the pod cache shows the pod bound, when the
-//! bind fails, or after [`ASSUME_TIMEOUT`].
+//! counts it), and the bind (a `pods/binding` create) is written in the
+//! background, many at a time, which the store's proposal batcher packs
+//! into few Raft entries. The assumption ends when the pod cache shows the
+//! pod bound (then the PodScheduled=True condition is written, unless the
+//! binding set it), when the bind fails, or after [`ASSUME_TIMEOUT`].
 //!
 //! A pod that fits nowhere gets the PodScheduled=False condition (reason
 //! Unschedulable, kube-scheduler's "0/N nodes are available: ..." message)
@@ -32,6 +32,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use serde_json::json;
 use tokio::sync::{Notify, Semaphore};
@@ -272,16 +273,45 @@ impl Scheduler {
             return;
         }
         let mut flush = false;
+        let mut confirmed = Vec::new();
         let mut state = self.state.lock().expect("state lock");
         for name in nodes {
             flush |= state.set_node(&name, self.nodes.get(&name));
         }
         for key in pods {
-            flush |= sync_pod(&mut state, &key, self.pods.get(&key));
+            let pod = self.pods.get(&key);
+            match sync_pod(&mut state, &key, pod.clone()) {
+                Change::None => {}
+                Change::Freed => flush = true,
+                Change::Confirmed => confirmed.extend(pod.filter(|p| !is_marked_scheduled(p))),
+            }
         }
         drop(state);
         if flush {
             self.flush.notify_one();
+        }
+        if !confirmed.is_empty() {
+            // Binds this scheduler made are now visible: mark them
+            // PodScheduled=True (unless the binding already did).
+            let (client, stop) = (self.client.clone(), self.stop.clone());
+            tokio::spawn(async move {
+                let marks = futures::stream::iter(confirmed).for_each_concurrent(
+                    MAX_BINDS_IN_FLIGHT / 4,
+                    |pod| {
+                        let client = client.clone();
+                        async move {
+                            if let Err(e) = mark_scheduled(&client, &pod).await {
+                                let name = pod.metadata.name.as_deref().unwrap_or("");
+                                tracing::warn!(pod = name, error = %e, "bound, but PodScheduled not set");
+                            }
+                        }
+                    },
+                );
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = marks => {}
+                }
+            });
         }
     }
 
@@ -388,9 +418,6 @@ impl Scheduler {
     async fn bind_in_background(self: Arc<Self>, key: ObjectKey, pod: Arc<Pod>, node: String) {
         match bind(&self.client, &pod, &node).await {
             Ok(()) => {
-                if let Err(e) = mark_scheduled(&self.client, &pod).await {
-                    tracing::warn!(pod = %key, error = %e, "bound, but PodScheduled not set");
-                }
                 if self.queue.len() < SCHEDULED_EVENTS_BELOW {
                     let (ns, name) = util::split_key(&key);
                     let message = format!(
@@ -466,15 +493,41 @@ impl Scheduler {
     }
 }
 
-/// Brings the view's record of pod `key` in line with the cache; true if
-/// the change freed room on a node.
-fn sync_pod(state: &mut State, key: &str, pod: Option<Arc<Pod>>) -> bool {
+/// What a pod's change in the cache meant to the view.
+#[derive(Debug, PartialEq, Eq)]
+enum Change {
+    /// Nothing that matters to waiting pods.
+    None,
+    /// Room on a node was freed.
+    Freed,
+    /// A bind this scheduler assumed is now in the cache.
+    Confirmed,
+}
+
+/// True if the pod's PodScheduled condition is True.
+fn is_marked_scheduled(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| {
+            c.iter()
+                .any(|c| c.type_ == "PodScheduled" && c.status == "True")
+        })
+}
+
+/// Brings the view's record of pod `key` in line with the cache.
+fn sync_pod(state: &mut State, key: &str, pod: Option<Arc<Pod>>) -> Change {
     if let Some(pod) = pod.as_ref() {
         if let Some(node) = holding_node(pod) {
+            let was_assumed = state.records.get(key).is_some_and(|r| r.assumed.is_some());
             state.add(key, PodRecord::new(pod.clone(), node, None));
             state.unschedulable.remove(key);
             state.attempts.remove(key);
-            return false;
+            return if was_assumed {
+                Change::Confirmed
+            } else {
+                Change::None
+            };
         }
     }
     let waiting = pod.as_ref().is_some_and(|p| needs_scheduling(p));
@@ -484,9 +537,12 @@ fn sync_pod(state: &mut State, key: &str, pod: Option<Arc<Pod>>) -> bool {
     }
     match state.records.get(key) {
         // Assumed bound, the bind is not visible yet.
-        Some(record) if record.assumed.is_some() && waiting => false,
-        Some(_) => state.remove(key).is_some_and(|r| r.assumed.is_none()),
-        None => false,
+        Some(record) if record.assumed.is_some() && waiting => Change::None,
+        Some(_) => match state.remove(key) {
+            Some(r) if r.assumed.is_none() => Change::Freed,
+            _ => Change::None,
+        },
+        None => Change::None,
     }
 }
 
@@ -604,18 +660,21 @@ mod tests {
         let mut p = pod("a", "1", &[]);
         place(&mut state, p.clone()).unwrap();
         // A stale event of the still-unbound pod keeps the assumption.
-        assert!(!sync_pod(
-            &mut state,
-            "default/a",
-            Some(Arc::new(p.clone()))
-        ));
+        assert_eq!(
+            sync_pod(&mut state, "default/a", Some(Arc::new(p.clone()))),
+            Change::None
+        );
         assert_eq!(state.nodes["n1"].requested.cpu, 1000);
         p.spec.as_mut().unwrap().node_name = Some("n1".into());
-        assert!(!sync_pod(&mut state, "default/a", Some(Arc::new(p))));
+        assert_eq!(
+            sync_pod(&mut state, "default/a", Some(Arc::new(p))),
+            Change::Confirmed
+        );
         assert!(state.records["default/a"].assumed.is_none());
         assert_eq!(state.nodes["n1"].requested.cpu, 1000);
-        assert!(
+        assert_eq!(
             sync_pod(&mut state, "default/a", None),
+            Change::Freed,
             "deletion frees room"
         );
         assert_eq!(state.nodes["n1"].requested.cpu, 0);
