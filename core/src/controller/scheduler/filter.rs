@@ -899,6 +899,72 @@ pub(super) mod tests {
     }
 
     #[test]
+    fn required_pod_affinity_follows_the_selected_pods_zone() {
+        let mut state = state_with(&[
+            node("a1", &[("topology.kubernetes.io/zone", "a")]),
+            node("a2", &[("topology.kubernetes.io/zone", "a")]),
+            node("b1", &[("topology.kubernetes.io/zone", "b")]),
+        ]);
+        let mut p = pod("web", "100m", &[("app", "web")]);
+        p.spec.as_mut().unwrap().affinity = Some(Affinity {
+            pod_affinity: Some(k8s_openapi::api::core::v1::PodAffinity {
+                required_during_scheduling_ignored_during_execution: Some(vec![PodAffinityTerm {
+                    label_selector: Some(LabelSelector {
+                        match_labels: Some(BTreeMap::from([(
+                            "app".to_string(),
+                            "cache".to_string(),
+                        )])),
+                        ..Default::default()
+                    }),
+                    topology_key: "topology.kubernetes.io/zone".into(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        // No cache pod anywhere and the pod does not select itself.
+        assert_eq!(check(&state, &p, "a1"), Err(Unfit::PodAffinity));
+        state.add(
+            "default/cache",
+            PodRecord::new(
+                Arc::new(pod("cache", "100m", &[("app", "cache")])),
+                "a2".into(),
+                None,
+            ),
+        );
+        assert_eq!(check(&state, &p, "a1"), Ok(()), "same zone as the cache");
+        assert_eq!(check(&state, &p, "b1"), Err(Unfit::PodAffinity));
+    }
+
+    #[test]
+    fn hard_topology_spread_limits_skew() {
+        let mut state = state_with(&[node("n1", &[]), node("n2", &[])]);
+        let mut p = pod("web-2", "100m", &[("app", "web")]);
+        p.spec.as_mut().unwrap().topology_spread_constraints =
+            Some(vec![k8s_openapi::api::core::v1::TopologySpreadConstraint {
+                max_skew: 1,
+                topology_key: "kubernetes.io/hostname".into(),
+                when_unsatisfiable: "DoNotSchedule".into(),
+                label_selector: Some(LabelSelector {
+                    match_labels: Some(BTreeMap::from([("app".to_string(), "web".to_string())])),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]);
+        state.add(
+            "default/web-1",
+            PodRecord::new(
+                Arc::new(pod("web-1", "100m", &[("app", "web")])),
+                "n1".into(),
+                None,
+            ),
+        );
+        assert_eq!(check(&state, &p, "n1"), Err(Unfit::TopologySpread));
+        assert_eq!(check(&state, &p, "n2"), Ok(()));
+    }
+
+    #[test]
     fn messages_read_like_kube_scheduler() {
         let failures = HashMap::from([
             ("Insufficient cpu".to_string(), 1),
