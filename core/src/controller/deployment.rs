@@ -19,8 +19,7 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentCondition, DeploymentStatus, ReplicaSet, ReplicaSetSpec,
 };
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::json;
 
 use super::informer::{key_of, revision_of};
@@ -288,12 +287,8 @@ pub fn equal_ignore_hash(a: &PodTemplateSpec, b: &PodTemplateSpec) -> bool {
     normal(a) == normal(b)
 }
 
-fn now() -> Time {
-    Time(Timestamp::from_second(now_secs()).unwrap_or_default())
-}
-
 fn condition(type_: &str, status: &str, reason: &str, message: String) -> DeploymentCondition {
-    let t = now();
+    let t = util::now_time();
     DeploymentCondition {
         type_: type_.into(),
         status: status.into(),

@@ -379,7 +379,7 @@ async fn reconcile(shared: &Shared, key: ObjectKey) -> Result<Action, ReconcileE
         .clone()
         .unwrap_or_else(|| "default".into());
     let target_ref = &spec.scale_target_ref;
-    let now = Time(super::statefulset::now());
+    let now = util::now_time();
     let previous_conditions = status.conditions.clone().unwrap_or_default();
     let mut next = HorizontalPodAutoscalerStatus {
         observed_generation: hpa.metadata.generation,

@@ -270,7 +270,7 @@ async fn reconcile(shared: &Shared, key: ObjectKey) -> Result<Action, ReconcileE
                 "a Job's pod template must have restartPolicy Never or OnFailure",
             )
             .await;
-            let now = Time(super::statefulset::now());
+            let now = util::now_time();
             let next = JobStatus {
                 conditions: Some(vec![condition(
                     "Failed",
@@ -285,7 +285,7 @@ async fn reconcile(shared: &Shared, key: ObjectKey) -> Result<Action, ReconcileE
         return Ok(Action::Done);
     }
 
-    let now_ts = super::statefulset::now();
+    let now_ts = util::now();
     let now = Time(now_ts);
     let counted_succeeded = pods.iter().filter(|p| phase(p) == "Succeeded").count() as i32;
     let mut counted_failed = pods.iter().filter(|p| phase(p) == "Failed").count() as i32;

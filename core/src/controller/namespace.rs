@@ -30,7 +30,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use super::informer::revision_of;
-use super::{Action, Cache, LoopContext, ReconcileError};
+use super::{util, Action, Cache, LoopContext, ReconcileError};
 use crate::client::Client;
 use crate::error::ApiError;
 use crate::resource;
@@ -223,7 +223,7 @@ async fn delete_pods(
     namespace: &str,
 ) -> Result<usize, ApiError> {
     let (pods, _) = client.list::<Pod>(Some(namespace), None).await?;
-    let now = now();
+    let now = util::now();
     for pod in &pods {
         let name = pod.metadata.name.as_deref().unwrap_or("");
         let options = match &pod.metadata.deletion_timestamp {
@@ -254,15 +254,6 @@ async fn delete_pods(
         }
     }
     Ok(pods.len())
-}
-
-/// The current time, to the microsecond.
-fn now() -> k8s_openapi::jiff::Timestamp {
-    let micros = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0);
-    k8s_openapi::jiff::Timestamp::from_microsecond(micros).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -41,7 +41,6 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, NodeCondition, Pod, Taint, Toleration};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde_json::{json, Value};
 
 use super::informer::revision_of;
@@ -284,7 +283,7 @@ async fn mark_unknown(state: &State, node: &Node) -> Result<(), ReconcileError> 
             ..Default::default()
         });
     }
-    let now = Time(now());
+    let now = util::now_time();
     let mut changed = false;
     for c in conditions
         .iter_mut()
@@ -356,7 +355,7 @@ async fn update_taints(
         Some("False") => Some(NOT_READY_TAINT),
         Some(_) => Some(UNREACHABLE_TAINT),
     };
-    let now = Time(now());
+    let now = util::now_time();
     let mut desired: Vec<Taint> = current
         .iter()
         .filter(|t| !is_health_taint(t) || Some(t.key.as_str()) == wanted_key)
@@ -415,7 +414,7 @@ async fn mark_pod_not_ready(state: &State, pod: &Pod) -> Result<(), ReconcileErr
         &pod.metadata.resource_version,
         vec![
             json!({"op": "replace", "path": format!("/status/conditions/{index}/status"), "value": "False"}),
-            json!({"op": "add", "path": format!("/status/conditions/{index}/lastTransitionTime"), "value": Time(now())}),
+            json!({"op": "add", "path": format!("/status/conditions/{index}/lastTransitionTime"), "value": util::now_time()}),
         ],
     );
     match state
@@ -591,15 +590,6 @@ async fn delete_pod(
     client
         .delete_with::<Pod>(Some(namespace), name, options)
         .await
-}
-
-/// The current time, to the microsecond.
-fn now() -> k8s_openapi::jiff::Timestamp {
-    let micros = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0);
-    k8s_openapi::jiff::Timestamp::from_microsecond(micros).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use std::time::Duration;
 use futures::future::join_all;
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetCondition, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::json;
 
 use super::informer::{key_of, revision_of};
@@ -430,9 +430,7 @@ fn condition(reason: &str, message: &str) -> ReplicaSetCondition {
         status: "True".into(),
         reason: Some(reason.into()),
         message: Some(message.into()),
-        last_transition_time: Some(Time(
-            k8s_openapi::jiff::Timestamp::from_second(now_secs()).unwrap_or_default(),
-        )),
+        last_transition_time: Some(util::now_time()),
     }
 }
 

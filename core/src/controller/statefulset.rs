@@ -64,16 +64,6 @@ pub fn template_hash(template: &PodTemplateSpec) -> String {
     format!("{:x}", hash & 0xff_ffff_ffff)
 }
 
-/// The current time, in whole seconds (the precision of Kubernetes'
-/// `metav1.Time`).
-pub(crate) fn now() -> k8s_openapi::jiff::Timestamp {
-    let since_epoch = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    k8s_openapi::jiff::Timestamp::from_second(since_epoch.as_secs() as i64)
-        .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH)
-}
-
 /// The ordinal of pod `pod` of set `set` (`web-3` -> 3).
 fn ordinal_of(set: &str, pod: &str) -> Option<i32> {
     let rest = pod.strip_prefix(set)?.strip_prefix('-')?;
@@ -113,7 +103,7 @@ pub(crate) fn available(pod: &Pod, min_ready_seconds: i32) -> bool {
         .and_then(|c| c.last_transition_time.as_ref());
     match since {
         Some(t) => {
-            let ready_for = now().duration_since(t.0);
+            let ready_for = util::now().duration_since(t.0);
             ready_for.as_secs() >= i64::from(min_ready_seconds)
         }
         None => false,

@@ -4,7 +4,10 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    LabelSelector, ObjectMeta, OwnerReference, Time,
+};
+use k8s_openapi::jiff::Timestamp;
 use k8s_openapi::{Metadata, Resource};
 
 /// The name of the cache index of objects by the uid of each owner.
@@ -102,13 +105,10 @@ pub async fn record_event<K: Resource + Metadata<Ty = ObjectMeta>>(
     message: &str,
 ) {
     use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     let meta = object.metadata();
     let namespace = meta.namespace.clone().unwrap_or_else(|| "default".into());
     let name = meta.name.clone().unwrap_or_default();
-    let now = Time(
-        k8s_openapi::jiff::Timestamp::from_second(crate::object::now_secs()).unwrap_or_default(),
-    );
+    let now = now_time();
     let event = Event {
         metadata: ObjectMeta {
             generate_name: Some(format!("{name}.")),
@@ -140,6 +140,17 @@ pub async fn record_event<K: Resource + Metadata<Ty = ObjectMeta>>(
     if let Err(e) = client.create(Some(&namespace), &event).await {
         tracing::warn!(reason, error = %e, "could not record event");
     }
+}
+
+/// The current time in whole seconds, the precision of Kubernetes'
+/// `metav1.Time` (which is also all a `Time` keeps on the wire).
+pub fn now() -> Timestamp {
+    Timestamp::from_second(crate::object::now_secs()).unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+/// The current time as a `metav1.Time` (see [`now`]).
+pub fn now_time() -> Time {
+    Time(now())
 }
 
 /// `namespace/name` of an object.
