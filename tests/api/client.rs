@@ -143,3 +143,41 @@ async fn typed_client_works_the_same_in_process_and_over_http() {
     exercise(&Client::http(api.addr.clone()), "remote").await;
     api.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn binding_a_pod_sets_its_node_and_scheduled_condition_once() {
+    let api = TestApi::start().await;
+    let client = api.plane.as_ref().unwrap().client();
+    client.create(Some("default"), &pod("bound")).await.unwrap();
+    let binding = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Binding",
+        "metadata": {"name": "bound"},
+        "target": {"apiVersion": "v1", "kind": "Node", "name": "node-a"}
+    });
+    let answer = client
+        .create_subresource::<Pod>(Some("default"), "bound", "binding", &binding)
+        .await
+        .unwrap();
+    let pod: Pod = client.get(Some("default"), "bound").await.unwrap();
+    assert_eq!(
+        answer["metadata"]["resourceVersion"].as_str(),
+        pod.metadata.resource_version.as_deref(),
+        "the answer names the revision of the bind"
+    );
+    assert_eq!(pod.spec.unwrap().node_name.as_deref(), Some("node-a"));
+    let scheduled = pod
+        .status
+        .and_then(|s| s.conditions)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| c.type_ == "PodScheduled")
+        .expect("PodScheduled is set with the bind");
+    assert_eq!(scheduled.status, "True");
+    let again = client
+        .create_subresource::<Pod>(Some("default"), "bound", "binding", &binding)
+        .await
+        .unwrap_err();
+    assert_eq!(again.code, 409, "a bound pod cannot be bound again");
+    api.shutdown().await;
+}

@@ -403,18 +403,27 @@ async fn object_verb(
                 .filter(|n| !n.is_empty())
                 .ok_or_else(|| ApiError::bad_request("binding target.name is required"))?
                 .to_string();
-            update_with(server, resource, namespace, name, None, |pod| {
+            // As kube-apiserver does: the bind and the PodScheduled
+            // condition in one write.
+            let bound = update_with(server, resource, namespace, name, None, |pod| {
                 let current = pod["spec"]["nodeName"].as_str().unwrap_or("");
                 if !current.is_empty() {
                     return Err(ApiError::conflict("pods", name));
                 }
                 pod["spec"]["nodeName"] = json!(node);
+                set_pod_condition(pod, "PodScheduled", "True");
                 Ok(())
             })
             .await?;
             Ok(json_response(
                 StatusCode::CREATED,
-                &json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 201}),
+                &json!({
+                    "kind": "Status",
+                    "apiVersion": "v1",
+                    "metadata": {"resourceVersion": bound["metadata"]["resourceVersion"]},
+                    "status": "Success",
+                    "code": 201
+                }),
             ))
         }
         (method, Some(sub)) => Err(ApiError::method_not_allowed(format!(
@@ -424,6 +433,27 @@ async fn object_verb(
         (method, None) => Err(ApiError::method_not_allowed(format!(
             "{method} is not allowed on an object"
         ))),
+    }
+}
+
+/// Sets condition `type_` of a pod's status to `status` (keeping its
+/// transition time if it already had that status).
+fn set_pod_condition(pod: &mut Value, type_: &str, status: &str) {
+    let now = object::now_rfc3339();
+    if !pod["status"]["conditions"].is_array() {
+        pod["status"]["conditions"] = json!([]);
+    }
+    let conditions = pod["status"]["conditions"]
+        .as_array_mut()
+        .expect("conditions is an array");
+    match conditions.iter_mut().find(|c| c["type"] == type_) {
+        Some(c) if c["status"] == status => {}
+        Some(c) => {
+            *c = json!({"type": type_, "status": status, "lastProbeTime": null, "lastTransitionTime": now});
+        }
+        None => conditions.push(
+            json!({"type": type_, "status": status, "lastProbeTime": null, "lastTransitionTime": now}),
+        ),
     }
 }
 
