@@ -40,7 +40,6 @@ use super::statefulset::{available, template_hash, REVISION_LABEL};
 use super::util;
 use super::{Action, LoopContext, ReconcileError};
 use crate::client::Client;
-use crate::patch::PatchType;
 
 /// How long a reconcile waits for its own write to reach its cache.
 const WRITE_VISIBLE: Duration = Duration::from_secs(5);
@@ -337,7 +336,7 @@ async fn reconcile(shared: &Shared, key: ObjectKey) -> Result<Action, ReconcileE
                 observed_generation: generation,
                 ..status
             };
-            write_status(shared, &set, &next).await?;
+            util::patch_status(&shared.client, &shared.sets, &*set, &next, WRITE_VISIBLE).await?;
         }
         return Ok(Action::Done);
     }
@@ -489,11 +488,7 @@ async fn reconcile(shared: &Shared, key: ObjectKey) -> Result<Action, ReconcileE
         }
     }
 
-    if last_rev > 0 && !shared.pods.wait_for_revision(last_rev, WRITE_VISIBLE).await {
-        return Err(ReconcileError::Stale(format!(
-            "pod cache has not reached revision {last_rev}"
-        )));
-    }
+    util::wait_written(&shared.pods, last_rev, WRITE_VISIBLE).await?;
 
     let next = DaemonSetStatus {
         desired_number_scheduled: desired,
@@ -508,7 +503,7 @@ async fn reconcile(shared: &Shared, key: ObjectKey) -> Result<Action, ReconcileE
         conditions: status.conditions.clone(),
     };
     if next != status {
-        write_status(shared, &set, &next).await?;
+        util::patch_status(&shared.client, &shared.sets, &*set, &next, WRITE_VISIBLE).await?;
     }
     let waiting_for_available = min_ready > 0 && ready > num_available;
     Ok(if waiting_for_available {
@@ -516,31 +511,6 @@ async fn reconcile(shared: &Shared, key: ObjectKey) -> Result<Action, ReconcileE
     } else {
         Action::Done
     })
-}
-
-async fn write_status(
-    shared: &Shared,
-    set: &DaemonSet,
-    status: &DaemonSetStatus,
-) -> Result<(), ReconcileError> {
-    let written: DaemonSet = shared
-        .client
-        .patch(
-            set.metadata.namespace.as_deref(),
-            set.metadata.name.as_deref().unwrap_or(""),
-            Some("status"),
-            PatchType::Merge,
-            &json!({ "status": status }),
-        )
-        .await?;
-    let rev = revision_of(&written.metadata);
-    if shared.sets.wait_for_revision(rev, WRITE_VISIBLE).await {
-        Ok(())
-    } else {
-        Err(ReconcileError::Stale(format!(
-            "daemonset cache has not reached revision {rev}"
-        )))
-    }
 }
 
 #[cfg(test)]

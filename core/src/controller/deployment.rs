@@ -473,17 +473,7 @@ async fn claim_replicasets(
 }
 
 async fn wait_rs(state: &Loop, revision: u64) -> Result<(), ReconcileError> {
-    if revision > 0
-        && !state
-            .replicasets
-            .wait_for_revision(revision, CACHE_WAIT)
-            .await
-    {
-        return Err(ReconcileError::Stale(format!(
-            "replicaset cache has not reached revision {revision}"
-        )));
-    }
-    Ok(())
+    util::wait_written(&state.replicasets, revision, CACHE_WAIT).await
 }
 
 /// A scaling event: some active ReplicaSet was last sized for another
@@ -1333,26 +1323,10 @@ async fn write_status(
     d: &Deployment,
     status: DeploymentStatus,
 ) -> Result<(), ReconcileError> {
-    let value = serde_json::to_value(&status).map_err(|e| ApiError::internal(e.to_string()))?;
-    let patch = json!({ "status": value });
-    let ns = d.metadata.namespace.as_deref();
-    let name = d.metadata.name.as_deref().unwrap_or_default();
-    let updated = match state
-        .client
-        .patch::<Deployment>(ns, name, Some("status"), PatchType::Merge, &patch)
-        .await
-    {
-        Ok(updated) => updated,
-        Err(e) if e.code == 404 => return Ok(()),
-        Err(e) => return Err(e.into()),
-    };
-    let rev = revision_of(&updated.metadata);
-    if !state.deployments.wait_for_revision(rev, CACHE_WAIT).await {
-        return Err(ReconcileError::Stale(format!(
-            "deployment cache has not reached revision {rev}"
-        )));
+    match util::patch_status(&state.client, &state.deployments, d, &status, CACHE_WAIT).await {
+        Err(ReconcileError::Api(e)) if e.code == 404 => Ok(()),
+        result => result.map(drop),
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -46,7 +46,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 use serde_json::json;
 
-use super::informer::{key_of, revision_of, Cache, ObjectKey};
+use super::informer::{key_of, Cache, ObjectKey};
 use super::util;
 use super::{Action, LoopContext, LoopSettings, ReconcileError};
 use crate::client::Client;
@@ -651,31 +651,17 @@ async fn write_status(
     previous: &HorizontalPodAutoscalerStatus,
     next: HorizontalPodAutoscalerStatus,
 ) -> Result<(), ReconcileError> {
-    if &next == previous {
-        return Ok(());
-    }
-    let written: HorizontalPodAutoscaler = shared
-        .client
-        .patch(
-            hpa.metadata.namespace.as_deref(),
-            hpa.metadata.name.as_deref().unwrap_or(""),
-            Some("status"),
-            PatchType::Merge,
-            &json!({ "status": next }),
+    if &next != previous {
+        util::patch_status(
+            &shared.client,
+            &shared.hpas,
+            hpa,
+            &next,
+            Duration::from_secs(5),
         )
         .await?;
-    let rev = revision_of(&written.metadata);
-    if shared
-        .hpas
-        .wait_for_revision(rev, Duration::from_secs(5))
-        .await
-    {
-        Ok(())
-    } else {
-        Err(ReconcileError::Stale(format!(
-            "autoscaler cache has not reached revision {rev}"
-        )))
     }
+    Ok(())
 }
 
 #[cfg(test)]

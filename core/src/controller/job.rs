@@ -39,7 +39,6 @@ use super::informer::{key_of, revision_of, Cache, ObjectKey};
 use super::util;
 use super::{Action, LoopContext, ReconcileError};
 use crate::client::Client;
-use crate::patch::PatchType;
 
 /// Back-off before the first replacement of a failed pod. Kubernetes uses
 /// 10 s; orch uses 1 s, since its node agents start pods in well under a
@@ -211,16 +210,6 @@ async fn delete_pod(shared: &Shared, pod: &Pod) -> Result<u64, ReconcileError> {
     }
 }
 
-async fn wait_pods(shared: &Shared, rev: u64) -> Result<(), ReconcileError> {
-    if rev == 0 || shared.pods.wait_for_revision(rev, WRITE_VISIBLE).await {
-        Ok(())
-    } else {
-        Err(ReconcileError::Stale(format!(
-            "pod cache has not reached revision {rev}"
-        )))
-    }
-}
-
 async fn reconcile(shared: &Shared, key: ObjectKey) -> Result<Action, ReconcileError> {
     let Some(job) = shared.jobs.get(&key) else {
         return Ok(Action::Done);
@@ -245,7 +234,7 @@ async fn reconcile(shared: &Shared, key: ObjectKey) -> Result<Action, ReconcileE
         for pod in &active {
             rev = rev.max(delete_pod(shared, pod).await?);
         }
-        wait_pods(shared, rev).await?;
+        util::wait_written(&shared.pods, rev, WRITE_VISIBLE).await?;
         return Ok(Action::Done);
     }
     let restart_policy = spec
@@ -280,7 +269,7 @@ async fn reconcile(shared: &Shared, key: ObjectKey) -> Result<Action, ReconcileE
                 )]),
                 ..status.clone()
             };
-            write_status(shared, &job, &next).await?;
+            util::patch_status(&shared.client, &shared.jobs, &*job, &next, WRITE_VISIBLE).await?;
         }
         return Ok(Action::Done);
     }
@@ -346,7 +335,7 @@ async fn reconcile(shared: &Shared, key: ObjectKey) -> Result<Action, ReconcileE
         for pod in &active {
             rev = rev.max(delete_pod(shared, pod).await?);
         }
-        wait_pods(shared, rev).await?;
+        util::wait_written(&shared.pods, rev, WRITE_VISIBLE).await?;
         let mut conditions = status.conditions.clone().unwrap_or_default();
         if success {
             conditions.push(condition("SuccessCriteriaMet", reason, &message, &now));
@@ -409,7 +398,7 @@ async fn reconcile(shared: &Shared, key: ObjectKey) -> Result<Action, ReconcileE
                 }
             }
         }
-        wait_pods(shared, rev).await?;
+        util::wait_written(&shared.pods, rev, WRITE_VISIBLE).await?;
         next.active = Some(active.len() as i32);
         next.ready = Some(active.iter().filter(|p| util::is_pod_ready(p)).count() as i32);
         if let Some(left) = deadline_left {
@@ -420,34 +409,9 @@ async fn reconcile(shared: &Shared, key: ObjectKey) -> Result<Action, ReconcileE
         }
     }
     if next != status {
-        write_status(shared, &job, &next).await?;
+        util::patch_status(&shared.client, &shared.jobs, &*job, &next, WRITE_VISIBLE).await?;
     }
     Ok(action)
-}
-
-async fn write_status(
-    shared: &Shared,
-    job: &Job,
-    status: &JobStatus,
-) -> Result<(), ReconcileError> {
-    let written: Job = shared
-        .client
-        .patch(
-            job.metadata.namespace.as_deref(),
-            job.metadata.name.as_deref().unwrap_or(""),
-            Some("status"),
-            PatchType::Merge,
-            &json!({ "status": status }),
-        )
-        .await?;
-    let rev = revision_of(&written.metadata);
-    if shared.jobs.wait_for_revision(rev, WRITE_VISIBLE).await {
-        Ok(())
-    } else {
-        Err(ReconcileError::Stale(format!(
-            "job cache has not reached revision {rev}"
-        )))
-    }
 }
 
 #[cfg(test)]

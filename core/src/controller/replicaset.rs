@@ -183,11 +183,7 @@ async fn reconcile(state: &Loop, key: &str) -> Result<Action, ReconcileError> {
             failure = Some(("FailedClaim".into(), e.to_string()));
         }
     }
-    if revision > 0 && !state.pods.wait_for_revision(revision, CACHE_WAIT).await {
-        return Err(ReconcileError::Stale(format!(
-            "pod cache has not reached revision {revision}"
-        )));
-    }
+    util::wait_written(&state.pods, revision, CACHE_WAIT).await?;
 
     if !deleting {
         let active: Vec<Arc<Pod>> = owned_pods(&state.pods, &uid)
@@ -210,11 +206,7 @@ async fn reconcile(state: &Loop, key: &str) -> Result<Action, ReconcileError> {
             failure = Some((reason, message));
         }
     }
-    if revision > 0 && !state.pods.wait_for_revision(revision, CACHE_WAIT).await {
-        return Err(ReconcileError::Stale(format!(
-            "pod cache has not reached revision {revision}"
-        )));
-    }
+    util::wait_written(&state.pods, revision, CACHE_WAIT).await?;
 
     let (status, next_available) = compute_status(&state.pods, &rs, &uid, failure.as_ref());
     write_status(state, &rs, status).await?;
@@ -518,25 +510,10 @@ async fn write_status(
     if status.conditions.is_none() {
         value["conditions"] = serde_json::Value::Null;
     }
-    let patch = json!({ "status": value });
-    let ns = rs.metadata.namespace.as_deref();
-    let name = rs.metadata.name.as_deref().unwrap_or_default();
-    let updated = match state
-        .client
-        .patch::<ReplicaSet>(ns, name, Some("status"), PatchType::Merge, &patch)
-        .await
-    {
-        Ok(updated) => updated,
-        Err(e) if e.code == 404 => return Ok(()),
-        Err(e) => return Err(e.into()),
-    };
-    let rev = revision_of(&updated.metadata);
-    if !state.replicasets.wait_for_revision(rev, CACHE_WAIT).await {
-        return Err(ReconcileError::Stale(format!(
-            "replicaset cache has not reached revision {rev}"
-        )));
+    match util::patch_status(&state.client, &state.replicasets, rs, &value, CACHE_WAIT).await {
+        Err(ReconcileError::Api(e)) if e.code == 404 => Ok(()),
+        result => result.map(drop),
     }
-    Ok(())
 }
 
 #[cfg(test)]

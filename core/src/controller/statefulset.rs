@@ -39,7 +39,6 @@ use super::informer::{revision_of, Cache, ObjectKey};
 use super::util;
 use super::{Action, LoopContext, ReconcileError};
 use crate::client::Client;
-use crate::patch::PatchType;
 
 /// Label naming a StatefulSet pod (its stable identity).
 pub const POD_NAME_LABEL: &str = "statefulset.kubernetes.io/pod-name";
@@ -208,7 +207,7 @@ async fn create_pod(
         .create(set.metadata.namespace.as_deref(), &pod)
         .await?;
     tracing::debug!(pod = ?created.metadata.name, "created pod");
-    wait_pods(shared, revision_of(&created.metadata)).await
+    util::wait_written(&shared.pods, revision_of(&created.metadata), WRITE_VISIBLE).await
 }
 
 async fn delete_pod(shared: &Shared, pod: &Pod) -> Result<(), ReconcileError> {
@@ -228,17 +227,7 @@ async fn delete_pod(shared: &Shared, pod: &Pod) -> Result<(), ReconcileError> {
         Err(e) => return Err(e.into()),
     };
     tracing::debug!(pod = name, "deleted pod");
-    wait_pods(shared, rev).await
-}
-
-async fn wait_pods(shared: &Shared, rev: u64) -> Result<(), ReconcileError> {
-    if shared.pods.wait_for_revision(rev, WRITE_VISIBLE).await {
-        Ok(())
-    } else {
-        Err(ReconcileError::Stale(format!(
-            "pod cache has not reached revision {rev}"
-        )))
-    }
+    util::wait_written(&shared.pods, rev, WRITE_VISIBLE).await
 }
 
 async fn reconcile(shared: &Shared, key: ObjectKey) -> Result<Action, ReconcileError> {
@@ -269,15 +258,11 @@ async fn reconcile(shared: &Shared, key: ObjectKey) -> Result<Action, ReconcileE
                 "spec.selector does not match the labels of spec.template",
             )
             .await;
-            write_status(
-                shared,
-                &set,
-                StatefulSetStatus {
-                    observed_generation: generation,
-                    ..status
-                },
-            )
-            .await?;
+            let next = StatefulSetStatus {
+                observed_generation: generation,
+                ..status
+            };
+            util::patch_status(&shared.client, &shared.sets, &*set, &next, WRITE_VISIBLE).await?;
         }
         return Ok(Action::Done);
     }
@@ -420,7 +405,7 @@ async fn reconcile(shared: &Shared, key: ObjectKey) -> Result<Action, ReconcileE
         conditions: status.conditions.clone(),
     };
     if next != status {
-        write_status(shared, &set, next).await?;
+        util::patch_status(&shared.client, &shared.sets, &*set, &next, WRITE_VISIBLE).await?;
     }
     // Pods counting toward minReadySeconds become available with time only.
     let waiting_for_available = min_ready > 0
@@ -432,32 +417,6 @@ async fn reconcile(shared: &Shared, key: ObjectKey) -> Result<Action, ReconcileE
     } else {
         Action::Done
     })
-}
-
-async fn write_status(
-    shared: &Shared,
-    set: &StatefulSet,
-    status: StatefulSetStatus,
-) -> Result<(), ReconcileError> {
-    let patch = json!({ "status": status });
-    let written: StatefulSet = shared
-        .client
-        .patch(
-            set.metadata.namespace.as_deref(),
-            set.metadata.name.as_deref().unwrap_or(""),
-            Some("status"),
-            PatchType::Merge,
-            &patch,
-        )
-        .await?;
-    let rev = revision_of(&written.metadata);
-    if shared.sets.wait_for_revision(rev, WRITE_VISIBLE).await {
-        Ok(())
-    } else {
-        Err(ReconcileError::Stale(format!(
-            "statefulset cache has not reached revision {rev}"
-        )))
-    }
 }
 
 #[cfg(test)]

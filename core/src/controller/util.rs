@@ -2,6 +2,7 @@
 //! pod readiness. One place, so every loop reads them the same way.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
@@ -9,6 +10,15 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
 };
 use k8s_openapi::jiff::Timestamp;
 use k8s_openapi::{Metadata, Resource};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::json;
+
+use super::informer::{revision_of, Cache};
+use super::ReconcileError;
+use crate::client::Client;
+use crate::error::ApiError;
+use crate::patch::PatchType;
 
 /// The name of the cache index of objects by the uid of each owner.
 pub const BY_OWNER: &str = "owner";
@@ -98,7 +108,7 @@ pub fn is_pod_ready(pod: &Pod) -> bool {
 /// `Normal` or `Warning`). Best effort: a failure is logged, not returned,
 /// so a loop never retries because of its own event.
 pub async fn record_event<K: Resource + Metadata<Ty = ObjectMeta>>(
-    client: &crate::client::Client,
+    client: &Client,
     object: &K,
     type_: &str,
     reason: &str,
@@ -151,6 +161,52 @@ pub fn now() -> Timestamp {
 /// The current time as a `metav1.Time` (see [`now`]).
 pub fn now_time() -> Time {
     Time(now())
+}
+
+/// Waits (at most `timeout`) until `cache` has seen revision `rev` (a
+/// write of the caller's own; 0 for none), so the next reconcile does not
+/// act on a view without it; else [`ReconcileError::Stale`].
+pub async fn wait_written<K: Resource>(
+    cache: &Cache<K>,
+    rev: u64,
+    timeout: Duration,
+) -> Result<(), ReconcileError> {
+    if rev == 0 || cache.wait_for_revision(rev, timeout).await {
+        Ok(())
+    } else {
+        Err(ReconcileError::Stale(format!(
+            "{} cache has not reached revision {rev}",
+            K::KIND
+        )))
+    }
+}
+
+/// Writes `status` to `object` through its status subresource with a
+/// merge patch, then waits (at most `timeout`) until `cache` has seen the
+/// write ([`wait_written`]). Returns the object as written.
+pub async fn patch_status<K>(
+    client: &Client,
+    cache: &Cache<K>,
+    object: &K,
+    status: &impl Serialize,
+    timeout: Duration,
+) -> Result<K, ReconcileError>
+where
+    K: Resource + Metadata<Ty = ObjectMeta> + DeserializeOwned,
+{
+    let status = serde_json::to_value(status).map_err(|e| ApiError::internal(e.to_string()))?;
+    let meta = object.metadata();
+    let written: K = client
+        .patch(
+            meta.namespace.as_deref(),
+            meta.name.as_deref().unwrap_or(""),
+            Some("status"),
+            PatchType::Merge,
+            &json!({ "status": status }),
+        )
+        .await?;
+    wait_written(cache, revision_of(written.metadata()), timeout).await?;
+    Ok(written)
 }
 
 /// `namespace/name` of an object.
