@@ -1,0 +1,4 @@
+//! orch's node agent runtime. So far: the image store ([`image`]), with
+//! imports, registry pulls and overlayfs container root filesystems.
+
+pub mod image;
