@@ -33,6 +33,7 @@ use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetStatus};
 use k8s_openapi::api::core::v1::{Node, NodeSelectorRequirement, Pod, PodSpec, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::Resource;
 use serde_json::json;
 
 use super::informer::{key_of, revision_of, Cache, ObjectKey};
@@ -183,23 +184,16 @@ struct Shared {
 /// Runs the daemonset loop until `ctx.stop` is cancelled.
 pub async fn run(ctx: LoopContext) {
     let queue = ctx.queue();
-    let q = queue.clone();
     let sets = ctx
         .informer::<DaemonSet>()
-        .start(ctx.stop.clone(), move |set: &DaemonSet| {
-            q.add(key_of(&set.metadata))
-        });
-    let q = queue.clone();
+        .start(ctx.stop.clone(), util::enqueue_self(&queue));
     let pods = ctx
         .informer::<Pod>()
         .index(util::BY_OWNER, util::owner_uids)
-        .start(ctx.stop.clone(), move |pod: &Pod| {
-            if let Some(owner) = util::controller_of(&pod.metadata) {
-                if owner.kind == "DaemonSet" {
-                    q.add(util::key(pod.metadata.namespace.as_deref(), &owner.name));
-                }
-            }
-        });
+        .start(
+            ctx.stop.clone(),
+            util::enqueue_owner(&queue, DaemonSet::KIND),
+        );
     // Any node change may change where every daemon set belongs.
     let q = queue.clone();
     let all_sets = sets.clone();
@@ -210,25 +204,15 @@ pub async fn run(ctx: LoopContext) {
                 q.add(key_of(&set.metadata));
             }
         });
+    if !util::wait_ready(&ctx.stop, &[&sets, &pods, &nodes]).await {
+        return;
+    }
     let shared = Arc::new(Shared {
         client: ctx.client.clone(),
         sets,
         pods,
         nodes,
     });
-    {
-        let mut sets = shared.sets.clone();
-        let mut pods = shared.pods.clone();
-        let mut nodes = shared.nodes.clone();
-        tokio::select! {
-            _ = ctx.stop.cancelled() => return,
-            _ = async {
-                sets.wait_until_ready().await;
-                pods.wait_until_ready().await;
-                nodes.wait_until_ready().await;
-            } => {}
-        }
-    }
     // Sets listed before the node cache was ready are looked at again.
     for set in shared.sets.list() {
         queue.add(key_of(&set.metadata));

@@ -74,18 +74,15 @@ fn deployment_key_of(rs: &ReplicaSet) -> Option<String> {
 /// Runs the deployment loop until `ctx.stop` is cancelled.
 pub async fn run(ctx: LoopContext) {
     let queue = ctx.queue();
-    let q = queue.clone();
-    let mut deployments = ctx
+    let deployments = ctx
         .informer::<Deployment>()
         .index(BY_NAMESPACE, |d: &Deployment| {
             d.metadata.namespace.clone().into_iter().collect()
         })
-        .start(ctx.stop.clone(), move |d: &Deployment| {
-            q.add(key_of(&d.metadata))
-        });
+        .start(ctx.stop.clone(), util::enqueue_self(&queue));
     let q = queue.clone();
     let owners = deployments.clone();
-    let mut replicasets = ctx
+    let replicasets = ctx
         .informer::<ReplicaSet>()
         .index(BY_OWNER, util::owner_uids)
         .index(BY_NAMESPACE, |rs: &ReplicaSet| {
@@ -108,7 +105,7 @@ pub async fn run(ctx: LoopContext) {
     let q = queue.clone();
     let rs_cache = replicasets.clone();
     let d_cache = deployments.clone();
-    let mut pods = ctx
+    let pods = ctx
         .informer::<Pod>()
         .index(BY_OWNER, util::owner_uids)
         .start(ctx.stop.clone(), move |pod: &Pod| {
@@ -126,13 +123,8 @@ pub async fn run(ctx: LoopContext) {
                 q.add(key);
             }
         });
-    tokio::select! {
-        _ = ctx.stop.cancelled() => return,
-        _ = async {
-            deployments.wait_until_ready().await;
-            replicasets.wait_until_ready().await;
-            pods.wait_until_ready().await;
-        } => {}
+    if !util::wait_ready(&ctx.stop, &[&deployments, &replicasets, &pods]).await {
+        return;
     }
     let state = Arc::new(Loop {
         client: ctx.client.clone(),

@@ -84,20 +84,14 @@ fn selector_of(service: &Service) -> Option<&BTreeMap<String, String>> {
 /// Runs the EndpointSlice controller until `ctx.stop` is cancelled.
 pub async fn run(ctx: LoopContext) {
     let queue = ctx.queue();
-    let q = queue.clone();
-    let mut services = ctx
+    let services = ctx
         .informer::<Service>()
         .index(BY_NAMESPACE, |s: &Service| {
             s.metadata.namespace.clone().into_iter().collect()
         })
-        .start(ctx.stop.clone(), move |s: &Service| {
-            q.add(util::key(
-                s.metadata.namespace.as_deref(),
-                s.metadata.name.as_deref().unwrap_or(""),
-            ));
-        });
+        .start(ctx.stop.clone(), util::enqueue_self(&queue));
     let q = queue.clone();
-    let mut slices = ctx
+    let slices = ctx
         .informer::<EndpointSlice>()
         .index(BY_SERVICE, |s: &EndpointSlice| {
             service_of_slice(s).into_iter().collect()
@@ -115,19 +109,13 @@ pub async fn run(ctx: LoopContext) {
                 q.add(service);
             }
         });
-    let q = queue.clone();
-    let mut endpoints =
-        ctx.informer::<Endpoints>()
-            .start(ctx.stop.clone(), move |e: &Endpoints| {
-                q.add(util::key(
-                    e.metadata.namespace.as_deref(),
-                    e.metadata.name.as_deref().unwrap_or(""),
-                ));
-            });
+    let endpoints = ctx
+        .informer::<Endpoints>()
+        .start(ctx.stop.clone(), util::enqueue_self(&queue));
     let q = queue.clone();
     let pod_services = services.clone();
     let pod_slices = slices.clone();
-    let mut pods = ctx
+    let pods = ctx
         .informer::<Pod>()
         .index(BY_NAMESPACE, |p: &Pod| {
             p.metadata.namespace.clone().into_iter().collect()
@@ -152,14 +140,8 @@ pub async fn run(ctx: LoopContext) {
         });
     // Act only on full caches: an Endpoints object must not be taken for
     // one whose Service is gone because Services were not listed yet.
-    tokio::select! {
-        _ = ctx.stop.cancelled() => return,
-        _ = async {
-            services.wait_until_ready().await;
-            slices.wait_until_ready().await;
-            endpoints.wait_until_ready().await;
-            pods.wait_until_ready().await;
-        } => {}
+    if !util::wait_ready(&ctx.stop, &[&services, &slices, &endpoints, &pods]).await {
+        return;
     }
     let state = State {
         client: ctx.client.clone(),

@@ -111,13 +111,13 @@ struct Shared {
 /// Runs the horizontal pod autoscaler loop until `ctx.stop` is cancelled.
 pub async fn run(ctx: LoopContext) {
     let queue = ctx.queue();
-    let q = queue.clone();
     let hpas = ctx
         .informer::<HorizontalPodAutoscaler>()
-        .start(ctx.stop.clone(), move |hpa: &HorizontalPodAutoscaler| {
-            q.add(key_of(&hpa.metadata))
-        });
+        .start(ctx.stop.clone(), util::enqueue_self(&queue));
     let pods = ctx.informer::<Pod>().start(ctx.stop.clone(), |_: &Pod| {});
+    if !util::wait_ready(&ctx.stop, &[&hpas, &pods]).await {
+        return;
+    }
     let shared = Arc::new(Shared {
         client: ctx.client.clone(),
         hpas,
@@ -125,14 +125,6 @@ pub async fn run(ctx: LoopContext) {
         period: sync_period(&ctx.settings),
         recommendations: Arc::default(),
     });
-    {
-        let mut hpas = shared.hpas.clone();
-        let mut pods = shared.pods.clone();
-        tokio::select! {
-            _ = ctx.stop.cancelled() => return,
-            _ = async { hpas.wait_until_ready().await; pods.wait_until_ready().await } => {}
-        }
-    }
     // Autoscalers announced before the pods were cached are looked at again.
     for hpa in shared.hpas.list() {
         queue.add(key_of(&hpa.metadata));

@@ -33,9 +33,10 @@ use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::Resource;
 use serde_json::json;
 
-use super::informer::{key_of, revision_of, Cache, ObjectKey};
+use super::informer::{revision_of, Cache, ObjectKey};
 use super::util;
 use super::{Action, LoopContext, ReconcileError};
 use crate::client::Client;
@@ -71,36 +72,21 @@ struct Shared {
 /// Runs the job loop until `ctx.stop` is cancelled.
 pub async fn run(ctx: LoopContext) {
     let queue = ctx.queue();
-    let q = queue.clone();
     let jobs = ctx
         .informer::<Job>()
-        .start(ctx.stop.clone(), move |job: &Job| {
-            q.add(key_of(&job.metadata))
-        });
-    let q = queue.clone();
+        .start(ctx.stop.clone(), util::enqueue_self(&queue));
     let pods = ctx
         .informer::<Pod>()
         .index(util::BY_OWNER, util::owner_uids)
-        .start(ctx.stop.clone(), move |pod: &Pod| {
-            if let Some(owner) = util::controller_of(&pod.metadata) {
-                if owner.kind == "Job" {
-                    q.add(util::key(pod.metadata.namespace.as_deref(), &owner.name));
-                }
-            }
-        });
+        .start(ctx.stop.clone(), util::enqueue_owner(&queue, Job::KIND));
+    if !util::wait_ready(&ctx.stop, &[&jobs, &pods]).await {
+        return;
+    }
     let shared = Arc::new(Shared {
         client: ctx.client.clone(),
         jobs,
         pods,
     });
-    {
-        let mut jobs = shared.jobs.clone();
-        let mut pods = shared.pods.clone();
-        tokio::select! {
-            _ = ctx.stop.cancelled() => return,
-            _ = async { jobs.wait_until_ready().await; pods.wait_until_ready().await } => {}
-        }
-    }
     ctx.run("job", queue, move |key| {
         let shared = shared.clone();
         async move { reconcile(&shared, key).await }

@@ -93,12 +93,9 @@ struct State {
 /// Runs the node lifecycle controller until `ctx.stop` is cancelled.
 pub async fn run(ctx: LoopContext) {
     let queue = ctx.queue();
-    let q = queue.clone();
     let nodes = ctx
         .informer::<Node>()
-        .start(ctx.stop.clone(), move |node: &Node| {
-            q.add(node.metadata.name.clone().unwrap_or_default());
-        });
+        .start(ctx.stop.clone(), util::enqueue_self(&queue));
     let q = queue.clone();
     let leases = ctx.informer::<Lease>().namespace(LEASE_NAMESPACE).start(
         ctx.stop.clone(),

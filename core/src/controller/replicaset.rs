@@ -50,15 +50,12 @@ struct Loop {
 /// Runs the replicaset loop until `ctx.stop` is cancelled.
 pub async fn run(ctx: LoopContext) {
     let queue = ctx.queue();
-    let rs_queue = queue.clone();
-    let mut replicasets = ctx
+    let replicasets = ctx
         .informer::<ReplicaSet>()
-        .start(ctx.stop.clone(), move |rs: &ReplicaSet| {
-            rs_queue.add(key_of(&rs.metadata))
-        });
+        .start(ctx.stop.clone(), util::enqueue_self(&queue));
     let pod_queue = queue.clone();
     let owners = replicasets.clone();
-    let mut pods = ctx
+    let pods = ctx
         .informer::<Pod>()
         .index(BY_OWNER, util::owner_uids)
         .index(BY_NAMESPACE, |p: &Pod| {
@@ -86,9 +83,8 @@ pub async fn run(ctx: LoopContext) {
                 }
             }
         });
-    tokio::select! {
-        _ = ctx.stop.cancelled() => return,
-        _ = async { replicasets.wait_until_ready().await; pods.wait_until_ready().await } => {}
+    if !util::wait_ready(&ctx.stop, &[&replicasets, &pods]).await {
+        return;
     }
     let state = Arc::new(Loop {
         client: ctx.client.clone(),

@@ -33,6 +33,7 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetStatus};
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::Resource;
 use serde_json::json;
 
 use super::informer::{revision_of, Cache, ObjectKey};
@@ -126,36 +127,24 @@ struct Shared {
 /// Runs the statefulset loop until `ctx.stop` is cancelled.
 pub async fn run(ctx: LoopContext) {
     let queue = ctx.queue();
-    let q = queue.clone();
     let sets = ctx
         .informer::<StatefulSet>()
-        .start(ctx.stop.clone(), move |set: &StatefulSet| {
-            q.add(super::informer::key_of(&set.metadata))
-        });
-    let q = queue.clone();
+        .start(ctx.stop.clone(), util::enqueue_self(&queue));
     let pods = ctx
         .informer::<Pod>()
         .index(util::BY_OWNER, util::owner_uids)
-        .start(ctx.stop.clone(), move |pod: &Pod| {
-            if let Some(owner) = util::controller_of(&pod.metadata) {
-                if owner.kind == "StatefulSet" {
-                    q.add(util::key(pod.metadata.namespace.as_deref(), &owner.name));
-                }
-            }
-        });
+        .start(
+            ctx.stop.clone(),
+            util::enqueue_owner(&queue, StatefulSet::KIND),
+        );
+    if !util::wait_ready(&ctx.stop, &[&sets, &pods]).await {
+        return;
+    }
     let shared = Arc::new(Shared {
         client: ctx.client.clone(),
         sets,
         pods,
     });
-    {
-        let mut sets = shared.sets.clone();
-        let mut pods = shared.pods.clone();
-        tokio::select! {
-            _ = ctx.stop.cancelled() => return,
-            _ = async { sets.wait_until_ready().await; pods.wait_until_ready().await } => {}
-        }
-    }
     ctx.run("statefulset", queue, move |key| {
         let shared = shared.clone();
         async move { reconcile(&shared, key).await }

@@ -4,6 +4,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use futures::future::{join_all, BoxFuture};
+
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     LabelSelector, ObjectMeta, OwnerReference, Time,
@@ -13,9 +15,10 @@ use k8s_openapi::{Metadata, Resource};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 
-use super::informer::{revision_of, Cache};
-use super::ReconcileError;
+use super::informer::{key_of, revision_of, Cache, ObjectKey};
+use super::{Queue, ReconcileError};
 use crate::client::Client;
 use crate::error::ApiError;
 use crate::patch::PatchType;
@@ -32,6 +35,53 @@ pub fn owner_uids<K: Metadata<Ty = ObjectMeta>>(object: &K) -> Vec<String> {
         .flatten()
         .map(|o| o.uid.clone())
         .collect()
+}
+
+/// An informer handler that queues the key of every object it sees (the
+/// loop's primary kind).
+pub fn enqueue_self<K: Metadata<Ty = ObjectMeta>>(
+    queue: &Queue<ObjectKey>,
+) -> impl Fn(&K) + Send + Sync + 'static {
+    let queue = queue.clone();
+    move |object: &K| queue.add(key_of(object.metadata()))
+}
+
+/// An informer handler for dependents (e.g. pods): queues the key of an
+/// object's controller owner when that owner is a `kind`.
+pub fn enqueue_owner<D: Metadata<Ty = ObjectMeta>>(
+    queue: &Queue<ObjectKey>,
+    kind: &'static str,
+) -> impl Fn(&D) + Send + Sync + 'static {
+    let queue = queue.clone();
+    move |dependent: &D| {
+        let meta = dependent.metadata();
+        if let Some(owner) = controller_of(meta).filter(|o| o.kind == kind) {
+            queue.add(key(meta.namespace.as_deref(), &owner.name));
+        }
+    }
+}
+
+/// A cache whose first full list can be waited for ([`wait_ready`]).
+pub trait Ready: Send + Sync {
+    /// Resolves once the cache holds its first full list.
+    fn ready(&self) -> BoxFuture<'static, ()>;
+}
+
+impl<K: Send + Sync + 'static> Ready for Cache<K> {
+    fn ready(&self) -> BoxFuture<'static, ()> {
+        let mut cache = self.clone();
+        Box::pin(async move { cache.wait_until_ready().await })
+    }
+}
+
+/// Waits until every one of `caches` holds its first full list, so a loop
+/// acts only on complete views; false if `stop` came first.
+pub async fn wait_ready(stop: &CancellationToken, caches: &[&dyn Ready]) -> bool {
+    let all = join_all(caches.iter().map(|c| c.ready()));
+    tokio::select! {
+        _ = stop.cancelled() => false,
+        _ = all => true,
+    }
 }
 
 /// The owner reference marked `controller: true`, if any.
