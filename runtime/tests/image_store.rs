@@ -645,3 +645,53 @@ async fn pull_from_a_local_registry() {
     m.remove().unwrap();
     assert!(!mounted_anywhere(dir.path()));
 }
+
+#[test]
+fn overlay_xattrs_carried_by_a_layer_are_dropped() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut pax = Vec::new();
+    for (key, value) in [
+        ("SCHILY.xattr.trusted.overlay.metacopy", "y"),
+        ("SCHILY.xattr.user.note", "kept"),
+    ] {
+        // A PAX record is "LEN key=value\n", LEN counting itself.
+        let rest = format!(" {key}={value}\n");
+        let mut len = rest.len() + 1;
+        while len.to_string().len() + rest.len() != len {
+            len += 1;
+        }
+        pax.extend_from_slice(format!("{len}{rest}").as_bytes());
+    }
+    let mut pax_header = tar::Header::new_ustar();
+    pax_header.set_entry_type(tar::EntryType::XHeader);
+    pax_header.set_uid(0);
+    pax_header.set_gid(0);
+    pax_header.set_mtime(0);
+    pax_header.set_mode(0o644);
+    pax_header.set_size(pax.len() as u64);
+    pax_header.set_cksum();
+    builder
+        .append_data(&mut pax_header, "PaxHeader/x", &pax[..])
+        .unwrap();
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(0);
+    header.set_mode(0o644);
+    header.set_size(4);
+    header.set_cksum();
+    builder.append_data(&mut header, "x", &b"data"[..]).unwrap();
+    let layout = dir.path().join("layout");
+    write_layout(&layout, &[builder.into_inner().unwrap()]);
+    let store = ImageStore::open(dir.path().join("images")).unwrap();
+    store.import_oci_layout(&layout, "xattrs").unwrap();
+    let x = store.lower_dirs("xattrs").unwrap()[0].join("x");
+    assert_eq!(fs::read_to_string(&x).unwrap(), "data");
+    let mut buf = [0u8; 16];
+    assert!(rustix::fs::getxattr(&x, "trusted.overlay.metacopy", &mut buf).is_err());
+    let n = rustix::fs::getxattr(&x, "user.note", &mut buf).expect("other xattrs are kept");
+    assert_eq!(&buf[..n], b"kept");
+}

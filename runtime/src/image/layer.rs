@@ -95,6 +95,9 @@ pub fn unpack(blob: &Path, dest: &Path, diff_id: &str) -> Result<String> {
             )
             .map_err(|e| layer_err(format!("creating whiteout {}: {e}", target.display())))?;
         } else {
+            // overlayfs' own xattrs (redirects, metacopy, opaque) carried in
+            // a layer would change how the overlay reads it: they are dropped.
+            let overlay_xattrs = overlay_xattrs(&mut entry);
             // `unpack_in` refuses `..` and paths through symlinks that leave `dest`.
             let unpacked = entry
                 .unpack_in(dest)
@@ -104,6 +107,9 @@ pub fn unpack(blob: &Path, dest: &Path, diff_id: &str) -> Result<String> {
                     "entry {} escapes the layer root",
                     raw.display()
                 )));
+            }
+            for name in overlay_xattrs {
+                let _ = rustix::fs::lremovexattr(dest.join(&rel), name.as_str());
             }
         }
     }
@@ -174,4 +180,18 @@ fn error_chain(error: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+/// The `trusted.overlay.*` xattrs a tar entry would set (as PAX records).
+fn overlay_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>) -> Vec<String> {
+    const PREFIX: &str = "SCHILY.xattr.";
+    let Ok(Some(extensions)) = entry.pax_extensions() else {
+        return Vec::new();
+    };
+    extensions
+        .filter_map(|ext| ext.ok())
+        .filter_map(|ext| ext.key().ok().map(str::to_string))
+        .filter_map(|key| key.strip_prefix(PREFIX).map(str::to_string))
+        .filter(|name| name.starts_with("trusted.overlay."))
+        .collect()
 }
