@@ -31,13 +31,11 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetStatus};
 use k8s_openapi::api::core::v1::{Node, NodeSelectorRequirement, Pod, PodSpec, Toleration};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::Resource;
-use serde_json::json;
 
 use super::informer::{key_of, revision_of, Cache, ObjectKey};
-use super::statefulset::{available, template_hash, REVISION_LABEL};
+use super::statefulset::{available, revision_label, template_hash, REVISION_LABEL};
 use super::util;
 use super::{Action, LoopContext, ReconcileError};
 use crate::client::Client;
@@ -225,15 +223,13 @@ pub async fn run(ctx: LoopContext) {
 }
 
 fn new_pod(set: &DaemonSet, node: &str, revision: &str) -> Pod {
-    let set_name = set.metadata.name.clone().unwrap_or_default();
     let template = set.spec.clone().unwrap_or_default().template;
-    let mut labels = template
-        .metadata
-        .clone()
-        .and_then(|m| m.labels)
-        .unwrap_or_default();
-    labels.insert(REVISION_LABEL.into(), revision.to_string());
-    let mut spec = template.spec.unwrap_or_default();
+    let mut pod = util::pod_from_template(set, &template);
+    pod.metadata
+        .labels
+        .get_or_insert_with(Default::default)
+        .insert(REVISION_LABEL.into(), revision.to_string());
+    let spec = pod.spec.get_or_insert_with(Default::default);
     spec.node_name = Some(node.to_string());
     let mut tolerations = spec.tolerations.take().unwrap_or_default();
     for t in daemon_tolerations() {
@@ -242,53 +238,7 @@ fn new_pod(set: &DaemonSet, node: &str, revision: &str) -> Pod {
         }
     }
     spec.tolerations = Some(tolerations);
-    Pod {
-        metadata: ObjectMeta {
-            generate_name: Some(format!("{set_name}-")),
-            namespace: set.metadata.namespace.clone(),
-            labels: Some(labels),
-            annotations: template.metadata.and_then(|m| m.annotations),
-            owner_references: Some(vec![util::controller_reference(set)]),
-            ..Default::default()
-        },
-        spec: Some(spec),
-        status: None,
-    }
-}
-
-fn phase(pod: &Pod) -> &str {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.phase.as_deref())
-        .unwrap_or("")
-}
-
-fn revision_label(pod: &Pod) -> Option<&str> {
-    pod.metadata
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(REVISION_LABEL))
-        .map(String::as_str)
-}
-
-async fn delete_pod(shared: &Shared, pod: &Pod, grace_zero: bool) -> Result<u64, ReconcileError> {
-    let mut options = json!({"preconditions": {"uid": pod.metadata.uid}});
-    if grace_zero {
-        options["gracePeriodSeconds"] = json!(0);
-    }
-    match shared
-        .client
-        .delete_with::<Pod>(
-            pod.metadata.namespace.as_deref(),
-            pod.metadata.name.as_deref().unwrap_or(""),
-            &options,
-        )
-        .await
-    {
-        Ok(rev) => Ok(rev),
-        Err(e) if e.code == 404 || e.code == 409 => Ok(0),
-        Err(e) => Err(e.into()),
-    }
+    pod
 }
 
 async fn reconcile(shared: &Shared, key: ObjectKey) -> Result<Action, ReconcileError> {
@@ -329,10 +279,7 @@ async fn reconcile(shared: &Shared, key: ObjectKey) -> Result<Action, ReconcileE
     let pod_spec = spec.template.spec.clone().unwrap_or_default();
     let uid = set.metadata.uid.clone().unwrap_or_default();
     let mut by_node: HashMap<String, Vec<Arc<Pod>>> = HashMap::new();
-    for pod in shared.pods.by_index(util::BY_OWNER, &uid) {
-        if util::controller_of(&pod.metadata).is_none_or(|o| o.uid != uid) {
-            continue;
-        }
+    for pod in util::controlled_by(&shared.pods, &uid) {
         let node = pod
             .spec
             .as_ref()
@@ -367,7 +314,8 @@ async fn reconcile(shared: &Shared, key: ObjectKey) -> Result<Action, ReconcileE
         }
         for pod in pods {
             if pod.metadata.deletion_timestamp.is_none() {
-                last_rev = last_rev.max(delete_pod(shared, pod, true).await?);
+                last_rev =
+                    last_rev.max(util::delete_exact::<Pod>(&shared.client, pod, true).await?);
             }
         }
     }
@@ -386,7 +334,8 @@ async fn reconcile(shared: &Shared, key: ObjectKey) -> Result<Action, ReconcileE
                 misscheduled += 1;
             }
             for pod in live {
-                last_rev = last_rev.max(delete_pod(shared, pod, false).await?);
+                last_rev =
+                    last_rev.max(util::delete_exact::<Pod>(&shared.client, pod, false).await?);
             }
             continue;
         }
@@ -394,7 +343,7 @@ async fn reconcile(shared: &Shared, key: ObjectKey) -> Result<Action, ReconcileE
         // Failed pods are replaced.
         let mut failed = Vec::new();
         live.retain(|p| {
-            let done = matches!(phase(p), "Failed" | "Succeeded");
+            let done = matches!(util::pod_phase(p), "Failed" | "Succeeded");
             if done {
                 failed.push(*p);
             }
@@ -402,7 +351,7 @@ async fn reconcile(shared: &Shared, key: ObjectKey) -> Result<Action, ReconcileE
         });
         let replacing = terminating || !failed.is_empty();
         for pod in failed {
-            last_rev = last_rev.max(delete_pod(shared, pod, false).await?);
+            last_rev = last_rev.max(util::delete_exact::<Pod>(&shared.client, pod, false).await?);
         }
         // Keep the oldest pod; extras go.
         live.sort_by(|a, b| {
@@ -412,7 +361,7 @@ async fn reconcile(shared: &Shared, key: ObjectKey) -> Result<Action, ReconcileE
                 .then_with(|| a.metadata.name.cmp(&b.metadata.name))
         });
         for extra in live.iter().skip(1) {
-            last_rev = last_rev.max(delete_pod(shared, extra, false).await?);
+            last_rev = last_rev.max(util::delete_exact::<Pod>(&shared.client, extra, false).await?);
         }
         match live.first() {
             None => {
@@ -468,7 +417,7 @@ async fn reconcile(shared: &Shared, key: ObjectKey) -> Result<Action, ReconcileE
                 }
                 unavailable += 1;
             }
-            last_rev = last_rev.max(delete_pod(shared, &pod, false).await?);
+            last_rev = last_rev.max(util::delete_exact::<Pod>(&shared.client, &pod, false).await?);
         }
     }
 
@@ -501,6 +450,7 @@ async fn reconcile(shared: &Shared, key: ObjectKey) -> Result<Action, ReconcileE
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{NodeSpec, Taint};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     fn node(labels: &[(&str, &str)], taints: Vec<Taint>) -> Node {
         Node {

@@ -31,10 +31,9 @@ use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use k8s_openapi::Resource;
-use serde_json::json;
 
 use super::informer::{revision_of, Cache, ObjectKey};
 use super::util;
@@ -94,13 +93,6 @@ pub async fn run(ctx: LoopContext) {
     .await;
 }
 
-fn phase(pod: &Pod) -> &str {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.phase.as_deref())
-        .unwrap_or("")
-}
-
 /// When a failed pod failed, as well as it can be told: its containers'
 /// finish times, else its newest condition change, else its creation.
 fn failed_at(pod: &Pod) -> Option<Timestamp> {
@@ -157,43 +149,13 @@ fn new_pod(job: &Job) -> Pod {
     let name = job.metadata.name.clone().unwrap_or_default();
     let uid = job.metadata.uid.clone().unwrap_or_default();
     let template = job.spec.clone().unwrap_or_default().template;
-    let mut labels = template
-        .metadata
-        .clone()
-        .and_then(|m| m.labels)
-        .unwrap_or_default();
+    let mut pod = util::pod_from_template(job, &template);
+    let labels = pod.metadata.labels.get_or_insert_with(Default::default);
     labels.insert("batch.kubernetes.io/job-name".into(), name.clone());
-    labels.insert("job-name".into(), name.clone());
+    labels.insert("job-name".into(), name);
     labels.insert("batch.kubernetes.io/controller-uid".into(), uid.clone());
     labels.insert("controller-uid".into(), uid);
-    Pod {
-        metadata: ObjectMeta {
-            generate_name: Some(format!("{name}-")),
-            namespace: job.metadata.namespace.clone(),
-            labels: Some(labels),
-            annotations: template.metadata.and_then(|m| m.annotations),
-            owner_references: Some(vec![util::controller_reference(job)]),
-            ..Default::default()
-        },
-        spec: template.spec,
-        status: None,
-    }
-}
-
-async fn delete_pod(shared: &Shared, pod: &Pod) -> Result<u64, ReconcileError> {
-    match shared
-        .client
-        .delete_with::<Pod>(
-            pod.metadata.namespace.as_deref(),
-            pod.metadata.name.as_deref().unwrap_or(""),
-            &json!({"preconditions": {"uid": pod.metadata.uid}}),
-        )
-        .await
-    {
-        Ok(rev) => Ok(rev),
-        Err(e) if e.code == 404 || e.code == 409 => Ok(0),
-        Err(e) => Err(e.into()),
-    }
+    pod
 }
 
 async fn reconcile(shared: &Shared, key: ObjectKey) -> Result<Action, ReconcileError> {
@@ -206,19 +168,14 @@ async fn reconcile(shared: &Shared, key: ObjectKey) -> Result<Action, ReconcileE
     let spec = job.spec.clone().unwrap_or_default();
     let status = job.status.clone().unwrap_or_default();
     let uid = job.metadata.uid.clone().unwrap_or_default();
-    let pods: Vec<Arc<Pod>> = shared
-        .pods
-        .by_index(util::BY_OWNER, &uid)
-        .into_iter()
-        .filter(|p| util::controller_of(&p.metadata).is_some_and(|o| o.uid == uid))
-        .collect();
+    let pods = util::controlled_by(&shared.pods, &uid);
     let mut active: Vec<&Arc<Pod>> = pods.iter().filter(|p| util::is_pod_active(p)).collect();
 
     if is_finished(&status) {
         // A finished Job keeps no pod running.
         let mut rev = 0;
         for pod in &active {
-            rev = rev.max(delete_pod(shared, pod).await?);
+            rev = rev.max(util::delete_exact(&shared.client, pod.as_ref(), false).await?);
         }
         util::wait_written(&shared.pods, rev, WRITE_VISIBLE).await?;
         return Ok(Action::Done);
@@ -262,8 +219,14 @@ async fn reconcile(shared: &Shared, key: ObjectKey) -> Result<Action, ReconcileE
 
     let now_ts = util::now();
     let now = Time(now_ts);
-    let counted_succeeded = pods.iter().filter(|p| phase(p) == "Succeeded").count() as i32;
-    let mut counted_failed = pods.iter().filter(|p| phase(p) == "Failed").count() as i32;
+    let counted_succeeded = pods
+        .iter()
+        .filter(|p| util::pod_phase(p) == "Succeeded")
+        .count() as i32;
+    let mut counted_failed = pods
+        .iter()
+        .filter(|p| util::pod_phase(p) == "Failed")
+        .count() as i32;
     if restart_policy == "OnFailure" {
         counted_failed += pods.iter().map(|p| restarts(p)).sum::<i32>();
     }
@@ -319,7 +282,7 @@ async fn reconcile(shared: &Shared, key: ObjectKey) -> Result<Action, ReconcileE
     if let Some((success, reason, message)) = finish {
         let mut rev = 0;
         for pod in &active {
-            rev = rev.max(delete_pod(shared, pod).await?);
+            rev = rev.max(util::delete_exact(&shared.client, pod.as_ref(), false).await?);
         }
         util::wait_written(&shared.pods, rev, WRITE_VISIBLE).await?;
         let mut conditions = status.conditions.clone().unwrap_or_default();
@@ -357,12 +320,12 @@ async fn reconcile(shared: &Shared, key: ObjectKey) -> Result<Action, ReconcileE
                     })
             });
             for pod in active.drain(..active.len() - wanted) {
-                rev = rev.max(delete_pod(shared, pod).await?);
+                rev = rev.max(util::delete_exact(&shared.client, pod.as_ref(), false).await?);
             }
         } else if active.len() < wanted {
             let last_failure = pods
                 .iter()
-                .filter(|p| phase(p) == "Failed")
+                .filter(|p| util::pod_phase(p) == "Failed")
                 .filter_map(|p| failed_at(p))
                 .max();
             let waited = last_failure

@@ -17,7 +17,6 @@ use std::time::Duration;
 use futures::future::join_all;
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetCondition, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::json;
 
 use super::informer::{key_of, revision_of};
@@ -219,10 +218,7 @@ async fn reconcile(state: &Loop, key: &str) -> Result<Action, ReconcileError> {
 
 /// Pods whose controller is the ReplicaSet with this uid.
 fn owned_pods(pods: &Cache<Pod>, uid: &str) -> Vec<Arc<Pod>> {
-    pods.by_index(BY_OWNER, uid)
-        .into_iter()
-        .filter(|p| util::controller_of(&p.metadata).is_some_and(|o| o.uid == uid))
-        .collect()
+    util::controlled_by(pods, uid)
 }
 
 /// Adopts matching orphans and releases owned pods that no longer match;
@@ -284,23 +280,9 @@ fn pod_from_template(rs: &ReplicaSet) -> Pod {
         .as_ref()
         .and_then(|s| s.template.clone())
         .unwrap_or_default();
-    let meta = template.metadata.unwrap_or_default();
-    Pod {
-        metadata: ObjectMeta {
-            generate_name: Some(format!(
-                "{}-",
-                rs.metadata.name.as_deref().unwrap_or_default()
-            )),
-            namespace: rs.metadata.namespace.clone(),
-            labels: meta.labels,
-            annotations: meta.annotations,
-            finalizers: meta.finalizers,
-            owner_references: Some(vec![util::controller_reference(rs)]),
-            ..Default::default()
-        },
-        spec: template.spec,
-        status: None,
-    }
+    let mut pod = util::pod_from_template(rs, &template);
+    pod.metadata.finalizers = template.metadata.and_then(|m| m.finalizers);
+    pod
 }
 
 /// Slow-start batch sizes for `count` creations: 1, 2, 4, ... summing to

@@ -32,9 +32,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetStatus};
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::Resource;
-use serde_json::json;
 
 use super::informer::{revision_of, Cache, ObjectKey};
 use super::util;
@@ -76,15 +74,10 @@ fn ordinal_of(set: &str, pod: &str) -> Option<i32> {
     rest.parse().ok()
 }
 
-fn phase(pod: &Pod) -> &str {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.phase.as_deref())
-        .unwrap_or("")
-}
-
 fn running_and_ready(pod: &Pod) -> bool {
-    phase(pod) == "Running" && util::is_pod_ready(pod) && pod.metadata.deletion_timestamp.is_none()
+    util::pod_phase(pod) == "Running"
+        && util::is_pod_ready(pod)
+        && pod.metadata.deletion_timestamp.is_none()
 }
 
 /// True once a pod has been Ready for `min_ready_seconds`.
@@ -110,7 +103,7 @@ pub(crate) fn available(pod: &Pod, min_ready_seconds: i32) -> bool {
     }
 }
 
-fn revision_label(pod: &Pod) -> Option<&str> {
+pub(crate) fn revision_label(pod: &Pod) -> Option<&str> {
     pod.metadata
         .labels
         .as_ref()
@@ -155,33 +148,20 @@ pub async fn run(ctx: LoopContext) {
 fn new_pod(set: &StatefulSet, ordinal: i32, revision: &str) -> Pod {
     let set_name = set.metadata.name.clone().unwrap_or_default();
     let spec = set.spec.clone().unwrap_or_default();
-    let template = spec.template;
     let name = format!("{set_name}-{ordinal}");
-    let mut labels = template
-        .metadata
-        .clone()
-        .and_then(|m| m.labels)
-        .unwrap_or_default();
+    let mut pod = util::pod_from_template(set, &spec.template);
+    pod.metadata.generate_name = None;
+    pod.metadata.name = Some(name.clone());
+    let labels = pod.metadata.labels.get_or_insert_with(Default::default);
     labels.insert(POD_NAME_LABEL.into(), name.clone());
     labels.insert(POD_INDEX_LABEL.into(), ordinal.to_string());
     labels.insert(REVISION_LABEL.into(), revision.to_string());
-    let mut pod_spec = template.spec.unwrap_or_default();
-    pod_spec.hostname = Some(name.clone());
+    let pod_spec = pod.spec.get_or_insert_with(Default::default);
+    pod_spec.hostname = Some(name);
     if let Some(service) = spec.service_name.filter(|s| !s.is_empty()) {
         pod_spec.subdomain = Some(service);
     }
-    Pod {
-        metadata: ObjectMeta {
-            name: Some(name),
-            namespace: set.metadata.namespace.clone(),
-            labels: Some(labels),
-            annotations: template.metadata.and_then(|m| m.annotations),
-            owner_references: Some(vec![util::controller_reference(set)]),
-            ..Default::default()
-        },
-        spec: Some(pod_spec),
-        status: None,
-    }
+    pod
 }
 
 async fn create_pod(
@@ -200,22 +180,14 @@ async fn create_pod(
 }
 
 async fn delete_pod(shared: &Shared, pod: &Pod) -> Result<(), ReconcileError> {
-    let name = pod.metadata.name.as_deref().unwrap_or("");
-    let uid = pod.metadata.uid.clone();
-    let rev = match shared
-        .client
-        .delete_with::<Pod>(
-            pod.metadata.namespace.as_deref(),
-            name,
-            &json!({"preconditions": {"uid": uid}}),
-        )
-        .await
-    {
-        Ok(rev) => rev,
-        Err(e) if e.code == 404 || e.code == 409 => return Ok(()),
-        Err(e) => return Err(e.into()),
-    };
-    tracing::debug!(pod = name, "deleted pod");
+    let rev = util::delete_exact(&shared.client, pod, false).await?;
+    if rev == 0 {
+        return Ok(());
+    }
+    tracing::debug!(
+        pod = pod.metadata.name.as_deref().unwrap_or(""),
+        "deleted pod"
+    );
     util::wait_written(&shared.pods, rev, WRITE_VISIBLE).await
 }
 
@@ -275,12 +247,7 @@ async fn reconcile(shared: &Shared, key: ObjectKey) -> Result<Action, ReconcileE
     let ordered = spec.pod_management_policy.as_deref() != Some("Parallel");
     let update_revision = template_hash(&spec.template);
     let uid = set.metadata.uid.clone().unwrap_or_default();
-    let owned: Vec<Arc<Pod>> = shared
-        .pods
-        .by_index(util::BY_OWNER, &uid)
-        .into_iter()
-        .filter(|p| util::controller_of(&p.metadata).is_some_and(|o| o.uid == uid))
-        .collect();
+    let owned = util::controlled_by(&shared.pods, &uid);
     let mut slots: Vec<Option<Arc<Pod>>> = vec![None; replicas as usize];
     let mut condemned: Vec<(Option<i32>, Arc<Pod>)> = Vec::new();
     for pod in &owned {
@@ -311,7 +278,7 @@ async fn reconcile(shared: &Shared, key: ObjectKey) -> Result<Action, ReconcileE
                         break 'act;
                     }
                 }
-                Some(pod) if matches!(phase(pod), "Failed" | "Succeeded") => {
+                Some(pod) if matches!(util::pod_phase(pod), "Failed" | "Succeeded") => {
                     all_healthy = false;
                     delete_pod(shared, pod).await?;
                     if ordered {
@@ -411,6 +378,7 @@ async fn reconcile(shared: &Shared, key: ObjectKey) -> Result<Action, ReconcileE
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
     use std::collections::BTreeMap;
 
     #[test]

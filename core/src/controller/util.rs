@@ -2,11 +2,12 @@
 //! pod readiness. One place, so every loop reads them the same way.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::{join_all, BoxFuture};
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     LabelSelector, ObjectMeta, OwnerReference, Time,
 };
@@ -104,6 +105,74 @@ pub fn controller_reference<K: Resource + Metadata<Ty = ObjectMeta>>(owner: &K) 
         controller: Some(true),
         block_owner_deletion: Some(true),
     }
+}
+
+/// The objects in `cache` whose controller is the owner with `uid` (looked
+/// up through the [`BY_OWNER`] index, which the cache must have).
+pub fn controlled_by<K: Metadata<Ty = ObjectMeta>>(cache: &Cache<K>, uid: &str) -> Vec<Arc<K>> {
+    cache
+        .by_index(BY_OWNER, uid)
+        .into_iter()
+        .filter(|o| controller_of(o.metadata()).is_some_and(|c| c.uid == uid))
+        .collect()
+}
+
+/// A new pod of `owner` from `template`: named `<owner>-<random>`, in the
+/// owner's namespace, with the template's labels, annotations and spec,
+/// and `owner` as its controller. Callers add what their kind adds.
+pub fn pod_from_template<K: Resource + Metadata<Ty = ObjectMeta>>(
+    owner: &K,
+    template: &PodTemplateSpec,
+) -> Pod {
+    let meta = owner.metadata();
+    let template_meta = template.metadata.as_ref();
+    Pod {
+        metadata: ObjectMeta {
+            generate_name: Some(format!("{}-", meta.name.as_deref().unwrap_or_default())),
+            namespace: meta.namespace.clone(),
+            labels: template_meta.and_then(|m| m.labels.clone()),
+            annotations: template_meta.and_then(|m| m.annotations.clone()),
+            owner_references: Some(vec![controller_reference(owner)]),
+            ..Default::default()
+        },
+        spec: template.spec.clone(),
+        status: None,
+    }
+}
+
+/// Deletes `object` only if it is still the same object (a uid
+/// precondition), with `gracePeriodSeconds: 0` when `force`. Returns the
+/// deletion's revision, or 0 if the object was gone or replaced already.
+pub async fn delete_exact<K: Resource + Metadata<Ty = ObjectMeta>>(
+    client: &Client,
+    object: &K,
+    force: bool,
+) -> Result<u64, ApiError> {
+    let meta = object.metadata();
+    let mut options = json!({"preconditions": {"uid": meta.uid}});
+    if force {
+        options["gracePeriodSeconds"] = json!(0);
+    }
+    match client
+        .delete_with::<K>(
+            meta.namespace.as_deref(),
+            meta.name.as_deref().unwrap_or(""),
+            &options,
+        )
+        .await
+    {
+        Ok(rev) => Ok(rev),
+        Err(e) if e.code == 404 || e.code == 409 => Ok(0),
+        Err(e) => Err(e),
+    }
+}
+
+/// A pod's `status.phase` ("" when it has none).
+pub fn pod_phase(pod: &Pod) -> &str {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or("")
 }
 
 /// True if `labels` satisfy `selector` (matchLabels and matchExpressions).
