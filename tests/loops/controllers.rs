@@ -15,6 +15,7 @@ use orch_core::controller::util::{controller_of, is_pod_active};
 use orch_core::hollow::{HollowCluster, HollowConfig};
 use orch_core::Client;
 use orch_tests::cluster::TestMasters;
+use orch_tests::loops::{image_of, pods_labelled, wait_for_pods};
 use orch_tests::wait_until;
 
 /// Debug builds on 2 loaded cores: generous, the assertions are about
@@ -33,11 +34,7 @@ fn hollow(prefix: &str, nodes: usize, cpu: &str) -> HollowConfig {
 
 /// The pods labelled `app=<app>` in `default`.
 async fn pods_of(client: &Client, app: &str) -> Vec<Pod> {
-    client
-        .list::<Pod>(Some("default"), Some(&format!("app={app}")))
-        .await
-        .map(|(pods, _)| pods)
-        .unwrap_or_default()
+    pods_labelled(client, &format!("app={app}")).await
 }
 
 fn is_running(pod: &Pod) -> bool {
@@ -51,29 +48,38 @@ fn node_of(pod: &Pod) -> String {
         .unwrap_or_default()
 }
 
-fn image_of(pod: &Pod) -> String {
-    pod.spec
-        .as_ref()
-        .and_then(|s| s.containers.first())
-        .and_then(|c| c.image.clone())
-        .unwrap_or_default()
+/// `kubectl create deployment <name> --image=busybox --replicas=<replicas>`
+/// through master `user`.
+async fn create_busybox_deployment(
+    masters: &TestMasters,
+    user: usize,
+    name: &str,
+    replicas: usize,
+) {
+    masters
+        .kubectl_ok(
+            user,
+            &[
+                "create",
+                "deployment",
+                name,
+                "--image=busybox",
+                &format!("--replicas={replicas}"),
+            ],
+        )
+        .await;
 }
 
 /// Waits until exactly `count` active pods of `app` run, all with `image`;
 /// returns them.
 async fn wait_running(client: &Client, app: &str, count: usize, image: &str) -> Vec<Pod> {
-    wait_until(
+    wait_for_pods(
+        client,
+        Some(&format!("app={app}")),
+        count,
         &format!("{count} running pods of {app} with image {image}"),
         WAIT,
-        || async {
-            let pods: Vec<Pod> = pods_of(client, app)
-                .await
-                .into_iter()
-                .filter(is_pod_active)
-                .collect();
-            (pods.len() == count && pods.iter().all(|p| is_running(p) && image_of(p) == image))
-                .then_some(pods)
-        },
+        |p| is_running(p) && image_of(p) == image,
     )
     .await
 }
@@ -88,18 +94,7 @@ async fn cluster_kubectl_deployment_runs_spread_scales_rolls_out_undoes_and_dele
         .unwrap();
     let client = masters.client(user);
 
-    masters
-        .kubectl_ok(
-            user,
-            &[
-                "create",
-                "deployment",
-                "web",
-                "--image=busybox",
-                "--replicas=3",
-            ],
-        )
-        .await;
+    create_busybox_deployment(&masters, user, "web", 3).await;
     let pods = wait_running(&client, "web", 3, "busybox").await;
     let spread: BTreeSet<String> = pods.iter().map(node_of).collect();
     assert_eq!(spread.len(), 3, "3 replicas on 3 nodes: {spread:?}");
@@ -179,18 +174,7 @@ async fn cluster_pods_of_a_dead_node_are_replaced_on_live_nodes() {
     let nodes = HollowCluster::start(client.clone(), hollow("node-", 3, "4"))
         .await
         .unwrap();
-    masters
-        .kubectl_ok(
-            user,
-            &[
-                "create",
-                "deployment",
-                "web",
-                "--image=busybox",
-                "--replicas=6",
-            ],
-        )
-        .await;
+    create_busybox_deployment(&masters, user, "web", 6).await;
     let pods = wait_running(&client, "web", 6, "busybox").await;
     let victim = node_of(&pods[0]);
     let stopped = Instant::now();
@@ -312,18 +296,7 @@ async fn cluster_leader_killed_mid_rollout_of_300_pods_rollout_completes_without
     let nodes = HollowCluster::start(client.clone(), hollow("node-", 10, "64"))
         .await
         .unwrap();
-    masters
-        .kubectl_ok(
-            user,
-            &[
-                "create",
-                "deployment",
-                "big",
-                "--image=busybox",
-                &format!("--replicas={REPLICAS}"),
-            ],
-        )
-        .await;
+    create_busybox_deployment(&masters, user, "big", REPLICAS).await;
     wait_running(&client, "big", REPLICAS, "busybox").await;
 
     // Sample the pods of every replica set while the rollout runs.
@@ -401,22 +374,23 @@ async fn cluster_leader_killed_mid_rollout_of_300_pods_rollout_completes_without
     let status = deployment.status.unwrap();
     assert_eq!(status.updated_replicas, Some(REPLICAS as i32));
     assert_eq!(status.available_replicas, Some(REPLICAS as i32));
-    let s = sampled.lock().unwrap();
-    assert!(s.samples > 10, "the sampler ran ({} samples)", s.samples);
-    // Default strategy: maxSurge 25%, maxUnavailable 25%.
-    assert!(
-        s.most_total <= REPLICAS + REPLICAS / 4,
-        "at most replicas + maxSurge pods at once, saw {}",
-        s.most_total
-    );
-    for (set, most) in &s.most_pods {
-        let allowed = s.most_replicas.get(set).copied().unwrap_or(0) as usize;
+    {
+        let s = sampled.lock().unwrap();
+        assert!(s.samples > 10, "the sampler ran ({} samples)", s.samples);
+        // Default strategy: maxSurge 25%, maxUnavailable 25%.
         assert!(
-            *most <= allowed,
-            "replica set {set} had {most} pods at once, its replicas never exceeded {allowed}"
+            s.most_total <= REPLICAS + REPLICAS / 4,
+            "at most replicas + maxSurge pods at once, saw {}",
+            s.most_total
         );
+        for (set, most) in &s.most_pods {
+            let allowed = s.most_replicas.get(set).copied().unwrap_or(0) as usize;
+            assert!(
+                *most <= allowed,
+                "replica set {set} had {most} pods at once, its replicas never exceeded {allowed}"
+            );
+        }
     }
-    drop(s);
     nodes.shutdown().await;
     masters.shutdown().await;
 }

@@ -16,27 +16,14 @@ use orch_core::controller::{
 };
 use orch_core::patch::PatchType;
 use orch_core::Client;
-use orch_tests::api::TestApi;
+use orch_tests::loops::{
+    self, from_json, patch_pod_status, ready_node, set_pod_phase, start_api, start_loop, NS,
+};
 use orch_tests::wait_until;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(20);
-const NS: &str = "default";
-
-fn from_json<T: serde::de::DeserializeOwned>(value: Value) -> T {
-    serde_json::from_value(value).expect("a valid object")
-}
-
-fn start<F, Fut>(client: &Client, settings: LoopSettings, run: F) -> LoopContext
-where
-    F: FnOnce(LoopContext) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let ctx = LoopContext::new(client.clone(), settings);
-    tokio::spawn(run(ctx.clone()));
-    ctx
-}
 
 async fn create_rs(client: &Client, namespace: &str, name: &str) -> ReplicaSet {
     let rs: ReplicaSet = from_json(json!({
@@ -96,22 +83,21 @@ fn uid_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> 
     meta.uid.clone().expect("a uid")
 }
 
+/// The ReplicaSet `web` and `pods` (name, node it is bound to) it
+/// controls.
+async fn create_web_rs_with_pods(client: &Client, pods: &[(&str, Option<&str>)]) {
+    let rs = create_rs(client, NS, "web").await;
+    let uid = uid_of(&rs.metadata);
+    let owner = Some(("apps/v1", "ReplicaSet", "web", uid.as_str()));
+    for (name, node) in pods {
+        create_owned_pod(client, NS, name, owner, *node).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn gc_background_deletes_dependents_of_a_deleted_owner() {
-    let api = TestApi::start().await;
-    let client = api.plane.as_ref().unwrap().client();
-    let rs = create_rs(&client, NS, "web").await;
-    let uid = uid_of(&rs.metadata);
-    for name in ["web-a", "web-b"] {
-        create_owned_pod(
-            &client,
-            NS,
-            name,
-            Some(("apps/v1", "ReplicaSet", "web", &uid)),
-            None,
-        )
-        .await;
-    }
+    let (api, client) = start_api().await;
+    create_web_rs_with_pods(&client, &[("web-a", None), ("web-b", None)]).await;
     // An owner that never existed, and a pod without owners.
     create_owned_pod(
         &client,
@@ -131,7 +117,7 @@ async fn gc_background_deletes_dependents_of_a_deleted_owner() {
         None,
     )
     .await;
-    let ctx = start(&client, LoopSettings::default(), garbage_collector::run);
+    let ctx = start_loop(&client, LoopSettings::default(), garbage_collector::run);
 
     wait_until(
         "the pod with a missing owner is collected",
@@ -156,15 +142,10 @@ async fn gc_background_deletes_dependents_of_a_deleted_owner() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn gc_foreground_deletes_dependents_before_the_owner() {
-    let api = TestApi::start().await;
-    let client = api.plane.as_ref().unwrap().client();
-    let rs = create_rs(&client, NS, "web").await;
-    let uid = uid_of(&rs.metadata);
-    let owner = Some(("apps/v1", "ReplicaSet", "web", uid.as_str()));
-    create_owned_pod(&client, NS, "web-a", owner, None).await;
-    // Bound to a node: its deletion waits for the (absent) agent.
-    create_owned_pod(&client, NS, "web-b", owner, Some("node-1")).await;
-    let ctx = start(&client, LoopSettings::default(), garbage_collector::run);
+    let (api, client) = start_api().await;
+    // web-b is bound to a node: its deletion waits for the (absent) agent.
+    create_web_rs_with_pods(&client, &[("web-a", None), ("web-b", Some("node-1"))]).await;
+    let ctx = start_loop(&client, LoopSettings::default(), garbage_collector::run);
 
     api.kubectl_ok(&[
         "delete",
@@ -215,8 +196,7 @@ async fn gc_foreground_deletes_dependents_before_the_owner() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn gc_foreground_cascades_through_replicasets() {
-    let api = TestApi::start().await;
-    let client = api.plane.as_ref().unwrap().client();
+    let (api, client) = start_api().await;
     let deploy: k8s_openapi::api::apps::v1::Deployment = from_json(json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": "web"},
@@ -248,7 +228,7 @@ async fn gc_foreground_cascades_through_replicasets() {
     let owner = Some(("apps/v1", "ReplicaSet", "web-1", uid.as_str()));
     create_owned_pod(&client, NS, "web-1-a", owner, None).await;
     create_owned_pod(&client, NS, "web-1-b", owner, Some("node-1")).await;
-    let ctx = start(&client, LoopSettings::default(), garbage_collector::run);
+    let ctx = start_loop(&client, LoopSettings::default(), garbage_collector::run);
 
     api.kubectl_ok(&[
         "delete",
@@ -304,21 +284,9 @@ async fn gc_foreground_cascades_through_replicasets() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn gc_orphan_keeps_dependents_without_the_reference() {
-    let api = TestApi::start().await;
-    let client = api.plane.as_ref().unwrap().client();
-    let rs = create_rs(&client, NS, "web").await;
-    let uid = uid_of(&rs.metadata);
-    for name in ["web-a", "web-b"] {
-        create_owned_pod(
-            &client,
-            NS,
-            name,
-            Some(("apps/v1", "ReplicaSet", "web", &uid)),
-            None,
-        )
-        .await;
-    }
-    let ctx = start(&client, LoopSettings::default(), garbage_collector::run);
+    let (api, client) = start_api().await;
+    create_web_rs_with_pods(&client, &[("web-a", None), ("web-b", None)]).await;
+    let ctx = start_loop(&client, LoopSettings::default(), garbage_collector::run);
 
     api.kubectl_ok(&[
         "delete",
@@ -351,8 +319,7 @@ async fn gc_orphan_keeps_dependents_without_the_reference() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn namespace_delete_removes_contents_then_the_namespace() {
-    let api = TestApi::start().await;
-    let client = api.plane.as_ref().unwrap().client();
+    let (api, client) = start_api().await;
     api.kubectl_ok(&["create", "namespace", "x"]).await;
     let cm: ConfigMap = from_json(json!({
         "apiVersion": "v1", "kind": "ConfigMap",
@@ -376,7 +343,7 @@ async fn namespace_delete_removes_contents_then_the_namespace() {
         Some("gone-node"),
     )
     .await;
-    let ctx = start(&client, LoopSettings::default(), namespace::run);
+    let ctx = start_loop(&client, LoopSettings::default(), namespace::run);
 
     let out = api
         .kubectl_ok(&["delete", "namespace", "x", "--timeout=30s"])
@@ -418,17 +385,9 @@ async fn namespace_delete_removes_contents_then_the_namespace() {
 }
 
 async fn create_ready_node(client: &Client, name: &str) {
-    let node: Node = from_json(json!({
-        "apiVersion": "v1", "kind": "Node",
-        "metadata": {"name": name},
-        "spec": {},
-        "status": {
-            "capacity": {"cpu": "4", "memory": "8Gi", "pods": "110"},
-            "allocatable": {"cpu": "4", "memory": "8Gi", "pods": "110"},
-            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}]
-        }
-    }));
-    client.create(None, &node).await.expect("node created");
+    let mut node = ready_node(name);
+    node["status"]["conditions"][0]["reason"] = json!("KubeletReady");
+    loops::create_node(client, node).await;
 }
 
 fn micro_now() -> Value {
@@ -492,18 +451,7 @@ async fn create_running_pod(client: &Client, name: &str, node: &str, tolerations
         }
     }));
     client.create(Some(NS), &pod).await.expect("pod created");
-    let _: Pod = client
-        .patch(
-            Some(NS),
-            name,
-            Some("status"),
-            PatchType::Merge,
-            &json!({"status": {"phase": "Running", "conditions": [
-                {"type": "Ready", "status": "True"}
-            ]}}),
-        )
-        .await
-        .expect("pod status");
+    set_pod_phase(client, name, "Running", true).await;
 }
 
 fn ready_of(node: &Node) -> String {
@@ -538,8 +486,7 @@ fn pod_ready(pod: &Pod) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn node_with_expired_lease_is_tainted_and_its_pods_evicted() {
-    let api = TestApi::start().await;
-    let client = api.plane.as_ref().unwrap().client();
+    let (api, client) = start_api().await;
     create_ready_node(&client, "n1").await;
     let renewing = keep_renewing(&client, "n1");
     create_running_pod(&client, "victim", "n1", json!([])).await;
@@ -550,7 +497,7 @@ async fn node_with_expired_lease_is_tainted_and_its_pods_evicted() {
         json!([{"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute"}]),
     )
     .await;
-    let ctx = start(&client, LoopSettings::default(), node_lifecycle::run);
+    let ctx = start_loop(&client, LoopSettings::default(), node_lifecycle::run);
 
     // While the lease is renewed nothing happens.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -631,12 +578,11 @@ async fn node_with_expired_lease_is_tainted_and_its_pods_evicted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn node_reporting_not_ready_gets_not_ready_taints() {
-    let api = TestApi::start().await;
-    let client = api.plane.as_ref().unwrap().client();
+    let (api, client) = start_api().await;
     create_ready_node(&client, "n1").await;
     let renewing = keep_renewing(&client, "n1");
     create_running_pod(&client, "web", "n1", json!([])).await;
-    let ctx = start(&client, LoopSettings::default(), node_lifecycle::run);
+    let ctx = start_loop(&client, LoopSettings::default(), node_lifecycle::run);
 
     // The agent is alive (lease renewed) but reports the node not Ready.
     let _: Node = client
@@ -675,12 +621,11 @@ async fn node_reporting_not_ready_gets_not_ready_taints() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn node_deleted_nodes_pods_are_removed() {
-    let api = TestApi::start().await;
-    let client = api.plane.as_ref().unwrap().client();
+    let (api, client) = start_api().await;
     create_ready_node(&client, "n1").await;
     let renewing = keep_renewing(&client, "n1");
     create_running_pod(&client, "web", "n1", json!([])).await;
-    let ctx = start(&client, LoopSettings::default(), node_lifecycle::run);
+    let ctx = start_loop(&client, LoopSettings::default(), node_lifecycle::run);
 
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(pod_exists(&client, NS, "web").await);
@@ -702,8 +647,7 @@ async fn node_deleted_nodes_pods_are_removed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn node_toleration_seconds_delays_eviction() {
-    let api = TestApi::start().await;
-    let client = api.plane.as_ref().unwrap().client();
+    let (api, client) = start_api().await;
     create_ready_node(&client, "n1").await;
     renew_lease(&client, "n1").await;
     create_running_pod(
@@ -715,7 +659,7 @@ async fn node_toleration_seconds_delays_eviction() {
     )
     .await;
     create_running_pod(&client, "impatient", "n1", json!([])).await;
-    let ctx = start(&client, LoopSettings::default(), node_lifecycle::run);
+    let ctx = start_loop(&client, LoopSettings::default(), node_lifecycle::run);
 
     wait_until("the node is tainted", WAIT, || async {
         let node: Node = client.get(None, "n1").await.ok()?;
@@ -750,14 +694,13 @@ async fn node_toleration_seconds_delays_eviction() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ipam_gives_each_node_a_distinct_range() {
-    let api = TestApi::start().await;
-    let client = api.plane.as_ref().unwrap().client();
+    let (api, client) = start_api().await;
     let settings = LoopSettings {
         cluster_cidr: "10.100.0.0/22".into(),
         node_cidr_prefix: 24,
         ..LoopSettings::default()
     };
-    let ctx = start(&client, settings, node_ipam::run);
+    let ctx = start_loop(&client, settings, node_ipam::run);
     let names = ["n1", "n2", "n3", "n4", "n5"];
     futures::future::join_all(names.iter().map(|n| create_ready_node(&client, n))).await;
 
@@ -830,17 +773,13 @@ async fn create_web_pod(client: &Client, name: &str, app: &str, ip: &str, ready:
 
 async fn set_pod_ready(client: &Client, name: &str, ip: &str, ready: bool) {
     let status = if ready { "True" } else { "False" };
-    let _: Pod = client
-        .patch(
-            Some(NS),
-            name,
-            Some("status"),
-            PatchType::Merge,
-            &json!({"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
-                    "conditions": [{"type": "Ready", "status": status}]}}),
-        )
-        .await
-        .expect("pod status");
+    patch_pod_status(
+        client,
+        name,
+        json!({"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+               "conditions": [{"type": "Ready", "status": status}]}),
+    )
+    .await;
 }
 
 /// (pod name, ip, ready, terminating) of every endpoint of the service's
@@ -914,8 +853,7 @@ async fn endpoints_view(client: &Client, service: &str) -> Option<(Vec<String>, 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn endpoints_follow_pod_readiness() {
-    let api = TestApi::start().await;
-    let client = api.plane.as_ref().unwrap().client();
+    let (api, client) = start_api().await;
     let svc: Service = from_json(json!({
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": "web"},
@@ -926,8 +864,8 @@ async fn endpoints_follow_pod_readiness() {
     create_web_pod(&client, "web-1", "web", "10.244.0.11", true).await;
     create_web_pod(&client, "web-2", "web", "10.244.0.12", false).await;
     create_web_pod(&client, "db-1", "db", "10.244.0.13", true).await;
-    let ctx = start(&client, LoopSettings::default(), endpoints::run);
-    let gc = start(&client, LoopSettings::default(), garbage_collector::run);
+    let ctx = start_loop(&client, LoopSettings::default(), endpoints::run);
+    let gc = start_loop(&client, LoopSettings::default(), garbage_collector::run);
 
     let t = |name: &str, ip: &str, ready: bool, terminating: bool| {
         (name.to_string(), ip.to_string(), ready, terminating)
@@ -1044,8 +982,7 @@ async fn node_dead_nodes_pods_are_replaced_within_five_seconds() {
     use orch_core::controller::{replicaset, scheduler};
     use orch_core::hollow::{HollowCluster, HollowConfig};
 
-    let api = TestApi::start().await;
-    let client = api.plane.as_ref().unwrap().client();
+    let (api, client) = start_api().await;
     let hollow = HollowCluster::start(
         client.clone(),
         HollowConfig {

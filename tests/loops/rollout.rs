@@ -24,11 +24,11 @@ use orch_core::controller::{deployment, replicaset, LoopContext, LoopSettings};
 use orch_core::patch::PatchType;
 use orch_core::Client;
 use orch_tests::api::TestApi;
+use orch_tests::loops::{image_of, wait_for_pods, NS};
 use orch_tests::wait_until;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-const NS: &str = "default";
 const WAIT: Duration = Duration::from_secs(30);
 
 /// A control plane with the replicaset and deployment loops and a task
@@ -81,12 +81,21 @@ impl Rig {
 
     /// Waits until every active pod runs `image` and there are `count`.
     async fn wait_for_image(&self, count: usize, image: &str) {
-        wait_until(&format!("{count} ready pods of {image}"), WAIT, || async {
-            let pods = self.active_pods().await;
-            (pods.len() == count && pods.iter().all(|p| image_of(p) == image && is_pod_ready(p)))
-                .then_some(())
-        })
+        wait_for_pods(
+            &self.client,
+            None,
+            count,
+            &format!("{count} ready pods of {image}"),
+            WAIT,
+            |p| image_of(p) == image && is_pod_ready(p),
+        )
         .await;
+    }
+
+    /// Some if an Event in [`NS`] matches.
+    async fn event(&self, matches: impl Fn(&Event) -> bool) -> Option<()> {
+        let (events, _) = self.client.list::<Event>(Some(NS), None).await.ok()?;
+        events.iter().any(matches).then_some(())
     }
 
     async fn kubectl_ok(&self, args: &[&str]) -> String {
@@ -137,12 +146,16 @@ async fn mark_pods_ready(client: Client, stop: CancellationToken) {
     }
 }
 
-fn image_of(pod: &Pod) -> &str {
-    pod.spec
-        .as_ref()
-        .and_then(|s| s.containers.first())
-        .and_then(|c| c.image.as_deref())
-        .unwrap_or_default()
+/// A selector of one `app` label expression.
+fn app_expression(operator: &str, value: &str) -> LabelSelector {
+    LabelSelector {
+        match_expressions: Some(vec![LabelSelectorRequirement {
+            key: "app".into(),
+            operator: operator.into(),
+            values: Some(vec![value.into()]),
+        }]),
+        ..Default::default()
+    }
 }
 
 fn labels(app: &str) -> BTreeMap<String, String> {
@@ -333,14 +346,7 @@ async fn rollout_replicaset_with_selector_not_matching_template_reports_it() {
     let rig = Rig::start().await;
     let mut rs = replica_set("odd", 2);
     // matchExpressions get past the API's matchLabels check.
-    rs.spec.as_mut().unwrap().selector = LabelSelector {
-        match_expressions: Some(vec![LabelSelectorRequirement {
-            key: "app".into(),
-            operator: "In".into(),
-            values: Some(vec!["elsewhere".into()]),
-        }]),
-        ..Default::default()
-    };
+    rs.spec.as_mut().unwrap().selector = app_expression("In", "elsewhere");
     rig.client.create(Some(NS), &rs).await.unwrap();
     wait_until(
         "a ReplicaFailure condition and a Warning event",
@@ -353,15 +359,12 @@ async fn rollout_replicaset_with_selector_not_matching_template_reports_it() {
                 .into_iter()
                 .find(|c| c.type_ == "ReplicaFailure")?;
             (cond.reason.as_deref() == Some("SelectorMismatch")).then_some(())?;
-            let (events, _) = rig.client.list::<Event>(Some(NS), None).await.ok()?;
-            events
-                .iter()
-                .any(|e| {
-                    e.reason.as_deref() == Some("SelectorMismatch")
-                        && e.type_.as_deref() == Some("Warning")
-                        && e.involved_object.name.as_deref() == Some("odd")
-                })
-                .then_some(())
+            rig.event(|e| {
+                e.reason.as_deref() == Some("SelectorMismatch")
+                    && e.type_.as_deref() == Some("Warning")
+                    && e.involved_object.name.as_deref() == Some("odd")
+            })
+            .await
         },
     )
     .await;
@@ -700,14 +703,7 @@ async fn rollout_stuck_rollout_exceeds_its_progress_deadline() {
 async fn rollout_deployment_with_selector_not_matching_template_reports_it() {
     let rig = Rig::start().await;
     let mut d = rolling("odd", 2, 1, 0);
-    d.spec.as_mut().unwrap().selector = LabelSelector {
-        match_expressions: Some(vec![LabelSelectorRequirement {
-            key: "app".into(),
-            operator: "NotIn".into(),
-            values: Some(vec!["odd".into()]),
-        }]),
-        ..Default::default()
-    };
+    d.spec.as_mut().unwrap().selector = app_expression("NotIn", "odd");
     rig.client.create(Some(NS), &d).await.unwrap();
     wait_until(
         "a ReplicaFailure condition and a Warning event",
@@ -720,14 +716,11 @@ async fn rollout_deployment_with_selector_not_matching_template_reports_it() {
                 .into_iter()
                 .find(|c| c.type_ == "ReplicaFailure")?;
             (cond.reason.as_deref() == Some("SelectorMismatch")).then_some(())?;
-            let (events, _) = rig.client.list::<Event>(Some(NS), None).await.ok()?;
-            events
-                .iter()
-                .any(|e| {
-                    e.reason.as_deref() == Some("SelectorMismatch")
-                        && e.involved_object.kind.as_deref() == Some("Deployment")
-                })
-                .then_some(())
+            rig.event(|e| {
+                e.reason.as_deref() == Some("SelectorMismatch")
+                    && e.involved_object.kind.as_deref() == Some("Deployment")
+            })
+            .await
         },
     )
     .await;

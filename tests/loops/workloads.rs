@@ -11,85 +11,42 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Node, Pod};
-use orch_core::controller::{daemonset, hpa, job, statefulset, LoopContext, LoopSettings};
+use orch_core::controller::{daemonset, hpa, job, statefulset, LoopSettings};
 use orch_core::hollow::{HollowCluster, HollowConfig};
 use orch_core::patch::PatchType;
 use orch_core::registry::EventType;
 use orch_core::Client;
-use orch_tests::api::TestApi;
+use orch_tests::loops::{
+    self, from_json, pods_labelled, ready_node, set_pod_phase, start_api, start_loop, NS,
+};
 use orch_tests::wait_until;
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(20);
-const NS: &str = "default";
-
-fn from_json<T: serde::de::DeserializeOwned>(value: Value) -> T {
-    serde_json::from_value(value).expect("a valid object")
-}
 
 fn container() -> Value {
     json!([{"name": "main", "image": "busybox:1.36", "resources": {"requests": {"cpu": "100m"}}}])
-}
-
-async fn pods_with(client: &Client, label: &str) -> Vec<Pod> {
-    client
-        .list::<Pod>(Some(NS), Some(label))
-        .await
-        .expect("list pods")
-        .0
 }
 
 async fn pod(client: &Client, name: &str) -> Option<Pod> {
     client.get::<Pod>(Some(NS), name).await.ok()
 }
 
-async fn set_phase(client: &Client, name: &str, phase: &str, ready: bool) {
-    let status = if ready { "True" } else { "False" };
-    let _: Pod = client
-        .patch(
-            Some(NS),
-            name,
-            Some("status"),
-            PatchType::Merge,
-            &json!({"status": {"phase": phase, "conditions": [{"type": "Ready", "status": status}]}}),
-        )
-        .await
-        .expect("pod status patched");
-}
-
 async fn make_ready(client: &Client, name: &str) {
-    set_phase(client, name, "Running", true).await;
+    set_pod_phase(client, name, "Running", true).await;
 }
 
 async fn create_node(client: &Client, name: &str, taints: Value) {
-    let node: Node = from_json(json!({
-        "apiVersion": "v1", "kind": "Node",
-        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
-        "spec": {"taints": taints},
-        "status": {
-            "capacity": {"cpu": "4", "memory": "8Gi", "pods": "110"},
-            "allocatable": {"cpu": "4", "memory": "8Gi", "pods": "110"},
-            "conditions": [{"type": "Ready", "status": "True"}]
-        }
-    }));
-    client.create(None, &node).await.expect("node created");
-}
-
-fn start<F, Fut>(client: &Client, settings: LoopSettings, run: F) -> LoopContext
-where
-    F: FnOnce(LoopContext) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let ctx = LoopContext::new(client.clone(), settings);
-    tokio::spawn(run(ctx.clone()));
-    ctx
+    let mut node = ready_node(name);
+    node["metadata"]["labels"] = json!({"kubernetes.io/hostname": name});
+    node["spec"]["taints"] = taints;
+    loops::create_node(client, node).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn statefulset_creates_pods_in_order_and_scales_down_from_the_top() {
-    let api = TestApi::start().await;
-    let client = api.plane.as_ref().unwrap().client();
-    let ctx = start(&client, LoopSettings::default(), statefulset::run);
+    let (api, client) = start_api().await;
+    let ctx = start_loop(&client, LoopSettings::default(), statefulset::run);
     let set: StatefulSet = from_json(json!({
         "apiVersion": "apps/v1", "kind": "StatefulSet",
         "metadata": {"name": "web"},
@@ -188,9 +145,8 @@ async fn statefulset_creates_pods_in_order_and_scales_down_from_the_top() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn statefulset_parallel_policy_creates_every_pod_at_once_and_warns_about_claims() {
-    let api = TestApi::start().await;
-    let client = api.plane.as_ref().unwrap().client();
-    let ctx = start(&client, LoopSettings::default(), statefulset::run);
+    let (api, client) = start_api().await;
+    let ctx = start_loop(&client, LoopSettings::default(), statefulset::run);
     let set: StatefulSet = from_json(json!({
         "apiVersion": "apps/v1", "kind": "StatefulSet",
         "metadata": {"name": "db"},
@@ -204,7 +160,7 @@ async fn statefulset_parallel_policy_creates_every_pod_at_once_and_warns_about_c
     }));
     client.create(Some(NS), &set).await.expect("set created");
     wait_until("three pods without readiness", WAIT, || async {
-        (pods_with(&client, "app=db").await.len() == 3).then_some(())
+        (pods_labelled(&client, "app=db").await.len() == 3).then_some(())
     })
     .await;
     let events = api
@@ -229,9 +185,8 @@ async fn revision_of_pod(client: &Client, name: &str) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn statefulset_rolls_a_new_template_out_from_the_highest_ordinal() {
-    let api = TestApi::start().await;
-    let client = api.plane.as_ref().unwrap().client();
-    let ctx = start(&client, LoopSettings::default(), statefulset::run);
+    let (api, client) = start_api().await;
+    let ctx = start_loop(&client, LoopSettings::default(), statefulset::run);
     let set: StatefulSet = from_json(json!({
         "apiVersion": "apps/v1", "kind": "StatefulSet",
         "metadata": {"name": "kv"},
@@ -314,7 +269,7 @@ fn daemon_set(name: &str, tolerations: Value) -> DaemonSet {
 }
 
 async fn nodes_of(client: &Client, app: &str) -> Vec<String> {
-    let mut nodes: Vec<String> = pods_with(client, &format!("app={app}"))
+    let mut nodes: Vec<String> = pods_labelled(client, &format!("app={app}"))
         .await
         .into_iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none())
@@ -326,8 +281,7 @@ async fn nodes_of(client: &Client, app: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn daemonset_runs_one_pod_per_eligible_node() {
-    let api = TestApi::start().await;
-    let client = api.plane.as_ref().unwrap().client();
+    let (api, client) = start_api().await;
     create_node(&client, "n1", json!([])).await;
     create_node(&client, "n2", json!([])).await;
     create_node(
@@ -336,7 +290,7 @@ async fn daemonset_runs_one_pod_per_eligible_node() {
         json!([{"key": "dedicated", "value": "infra", "effect": "NoSchedule"}]),
     )
     .await;
-    let ctx = start(&client, LoopSettings::default(), daemonset::run);
+    let ctx = start_loop(&client, LoopSettings::default(), daemonset::run);
     client
         .create(Some(NS), &daemon_set("agent", json!([])))
         .await
@@ -362,7 +316,7 @@ async fn daemonset_runs_one_pod_per_eligible_node() {
     })
     .await;
     // Daemon pods carry the standard tolerations.
-    let pods = pods_with(&client, "app=agent").await;
+    let pods = pods_labelled(&client, "app=agent").await;
     let tolerations = pods[0].spec.as_ref().unwrap().tolerations.clone().unwrap();
     assert!(tolerations
         .iter()
@@ -374,7 +328,7 @@ async fn daemonset_runs_one_pod_per_eligible_node() {
         (nodes_of(&client, "agent").await == ["n1", "n2", "n4"]).then_some(())
     })
     .await;
-    for name in pods_with(&client, "app=agent")
+    for name in pods_labelled(&client, "app=agent")
         .await
         .iter()
         .filter_map(|p| p.metadata.name.clone())
@@ -414,8 +368,7 @@ async fn daemonset_runs_one_pod_per_eligible_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn daemonset_rolls_a_new_template_out_node_by_node() {
-    let api = TestApi::start().await;
-    let client = api.plane.as_ref().unwrap().client();
+    let (api, client) = start_api().await;
     // Hollow nodes run bound pods (Running and Ready) and finish deleted ones.
     let _hollow = HollowCluster::start(
         client.clone(),
@@ -427,7 +380,7 @@ async fn daemonset_rolls_a_new_template_out_node_by_node() {
     )
     .await
     .expect("hollow nodes register");
-    let ctx = start(&client, LoopSettings::default(), daemonset::run);
+    let ctx = start_loop(&client, LoopSettings::default(), daemonset::run);
     client
         .create(Some(NS), &daemon_set("logs", json!([])))
         .await
@@ -437,7 +390,7 @@ async fn daemonset_rolls_a_new_template_out_node_by_node() {
         async move {
             let set: DaemonSet = client.get(Some(NS), "logs").await.ok()?;
             let s = set.status?;
-            let pods = pods_with(&client, "app=logs").await;
+            let pods = pods_labelled(&client, "app=logs").await;
             let revisions: Vec<Option<String>> = pods
                 .iter()
                 .map(|p| {
@@ -487,7 +440,7 @@ fn job_of(name: &str, completions: i32, parallelism: i32, backoff_limit: i32) ->
 }
 
 async fn active_job_pods(client: &Client, job: &str) -> Vec<String> {
-    pods_with(client, &format!("job-name={job}"))
+    pods_labelled(client, &format!("job-name={job}"))
         .await
         .into_iter()
         .filter(|p| {
@@ -514,9 +467,8 @@ fn condition(job: &Job, type_: &str) -> Option<(String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn job_completes_after_three_successes_two_at_a_time() {
-    let api = TestApi::start().await;
-    let client = api.plane.as_ref().unwrap().client();
-    let ctx = start(&client, LoopSettings::default(), job::run);
+    let (api, client) = start_api().await;
+    let ctx = start_loop(&client, LoopSettings::default(), job::run);
     let created = client
         .create(Some(NS), &job_of("pi", 3, 2, 6))
         .await
@@ -541,7 +493,7 @@ async fn job_completes_after_three_successes_two_at_a_time() {
     );
 
     for name in &first {
-        set_phase(&client, name, "Succeeded", false).await;
+        set_pod_phase(&client, name, "Succeeded", false).await;
     }
     // One completion is still missing: one more pod, not two.
     let last = wait_until("the third pod", WAIT, || async {
@@ -551,7 +503,7 @@ async fn job_completes_after_three_successes_two_at_a_time() {
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(active_job_pods(&client, "pi").await.len(), 1);
-    set_phase(&client, &last[0], "Succeeded", false).await;
+    set_pod_phase(&client, &last[0], "Succeeded", false).await;
 
     let done = wait_until("Complete", WAIT, || async {
         let job: Job = client.get(Some(NS), "pi").await.ok()?;
@@ -577,9 +529,8 @@ async fn job_completes_after_three_successes_two_at_a_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn job_fails_once_the_backoff_limit_is_exceeded() {
-    let api = TestApi::start().await;
-    let client = api.plane.as_ref().unwrap().client();
-    let ctx = start(&client, LoopSettings::default(), job::run);
+    let (api, client) = start_api().await;
+    let ctx = start_loop(&client, LoopSettings::default(), job::run);
     client
         .create(Some(NS), &job_of("flaky", 1, 1, 1))
         .await
@@ -589,7 +540,7 @@ async fn job_fails_once_the_backoff_limit_is_exceeded() {
         active_job_pods(&client, "flaky").await.pop()
     })
     .await;
-    set_phase(&client, &first, "Failed", false).await;
+    set_pod_phase(&client, &first, "Failed", false).await;
     // After a back-off the pod is replaced; one failure is within the limit.
     let second = wait_until("a replacement", WAIT, || async {
         active_job_pods(&client, "flaky").await.pop()
@@ -598,7 +549,7 @@ async fn job_fails_once_the_backoff_limit_is_exceeded() {
     assert_ne!(first, second);
     let job: Job = client.get(Some(NS), "flaky").await.unwrap();
     assert!(condition(&job, "Failed").is_none());
-    set_phase(&client, &second, "Failed", false).await;
+    set_pod_phase(&client, &second, "Failed", false).await;
 
     let failed = wait_until("Failed", WAIT, || async {
         let job: Job = client.get(Some(NS), "flaky").await.ok()?;
@@ -616,9 +567,8 @@ async fn job_fails_once_the_backoff_limit_is_exceeded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn job_fails_when_its_active_deadline_passes() {
-    let api = TestApi::start().await;
-    let client = api.plane.as_ref().unwrap().client();
-    let ctx = start(&client, LoopSettings::default(), job::run);
+    let (api, client) = start_api().await;
+    let ctx = start_loop(&client, LoopSettings::default(), job::run);
     let mut slow = job_of("slow", 1, 1, 6);
     slow.spec.as_mut().unwrap().active_deadline_seconds = Some(1);
     client.create(Some(NS), &slow).await.expect("job created");
@@ -645,8 +595,7 @@ async fn job_fails_when_its_active_deadline_passes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hpa_scales_a_deployment_up_when_its_pods_are_busy() {
-    let api = TestApi::start().await;
-    let client = api.plane.as_ref().unwrap().client();
+    let (api, client) = start_api().await;
     let deployment: Deployment = from_json(json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": "web"},
@@ -678,7 +627,7 @@ async fn hpa_scales_a_deployment_up_when_its_pods_are_busy() {
         node_monitor_period: Duration::from_millis(50),
         ..LoopSettings::default()
     };
-    let ctx = start(&client, settings, hpa::run);
+    let ctx = start_loop(&client, settings, hpa::run);
     let autoscaler: HorizontalPodAutoscaler = from_json(json!({
         "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
         "metadata": {"name": "web"},

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod cluster;
+pub mod loops;
 pub mod store;
 
 use std::future::Future;
