@@ -454,6 +454,15 @@ async fn create_running_pod(client: &Client, name: &str, node: &str, tolerations
     set_pod_phase(client, name, "Running", true).await;
 }
 
+/// A Ready node `n1` whose Lease is renewed (until the returned token is
+/// cancelled), running pod `pod` without tolerations.
+async fn live_node_n1_with_pod(client: &Client, pod: &str) -> CancellationToken {
+    create_ready_node(client, "n1").await;
+    let renewing = keep_renewing(client, "n1");
+    create_running_pod(client, pod, "n1", json!([])).await;
+    renewing
+}
+
 fn ready_of(node: &Node) -> String {
     node.status
         .as_ref()
@@ -487,9 +496,7 @@ fn pod_ready(pod: &Pod) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn node_with_expired_lease_is_tainted_and_its_pods_evicted() {
     let (api, client) = start_api().await;
-    create_ready_node(&client, "n1").await;
-    let renewing = keep_renewing(&client, "n1");
-    create_running_pod(&client, "victim", "n1", json!([])).await;
+    let renewing = live_node_n1_with_pod(&client, "victim").await;
     create_running_pod(
         &client,
         "stayer",
@@ -579,9 +586,7 @@ async fn node_with_expired_lease_is_tainted_and_its_pods_evicted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn node_reporting_not_ready_gets_not_ready_taints() {
     let (api, client) = start_api().await;
-    create_ready_node(&client, "n1").await;
-    let renewing = keep_renewing(&client, "n1");
-    create_running_pod(&client, "web", "n1", json!([])).await;
+    let renewing = live_node_n1_with_pod(&client, "web").await;
     let ctx = start_loop(&client, LoopSettings::default(), node_lifecycle::run);
 
     // The agent is alive (lease renewed) but reports the node not Ready.
@@ -622,9 +627,7 @@ async fn node_reporting_not_ready_gets_not_ready_taints() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn node_deleted_nodes_pods_are_removed() {
     let (api, client) = start_api().await;
-    create_ready_node(&client, "n1").await;
-    let renewing = keep_renewing(&client, "n1");
-    create_running_pod(&client, "web", "n1", json!([])).await;
+    let renewing = live_node_n1_with_pod(&client, "web").await;
     let ctx = start_loop(&client, LoopSettings::default(), node_lifecycle::run);
 
     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -92,6 +92,21 @@ impl Rig {
         .await;
     }
 
+    /// Creates Deployment `d` (3 replicas of nginx:1.25) and waits until
+    /// its pods are ready and `kubectl rollout status` says it is done.
+    async fn roll_out(&self, d: &Deployment) {
+        self.client.create(Some(NS), d).await.unwrap();
+        self.wait_for_image(3, "nginx:1.25").await;
+        let name = d.metadata.name.as_deref().unwrap_or_default();
+        self.kubectl_ok(&[
+            "rollout",
+            "status",
+            &format!("deployment/{name}"),
+            "--timeout=30s",
+        ])
+        .await;
+    }
+
     /// Some if an Event in [`NS`] matches.
     async fn event(&self, matches: impl Fn(&Event) -> bool) -> Option<()> {
         let (events, _) = self.client.list::<Event>(Some(NS), None).await.ok()?;
@@ -557,10 +572,7 @@ async fn rollout_pause_holds_the_rollout_until_resume() {
     let rig = Rig::start().await;
     let mut d = rolling("web", 3, 1, 0);
     d.spec.as_mut().unwrap().revision_history_limit = Some(1);
-    rig.client.create(Some(NS), &d).await.unwrap();
-    rig.wait_for_image(3, "nginx:1.25").await;
-    rig.kubectl_ok(&["rollout", "status", "deployment/web", "--timeout=30s"])
-        .await;
+    rig.roll_out(&d).await;
 
     rig.kubectl_ok(&["rollout", "pause", "deployment/web"])
         .await;
@@ -633,10 +645,7 @@ async fn rollout_recreate_removes_old_pods_before_new_ones_start() {
         type_: Some("Recreate".into()),
         rolling_update: None,
     });
-    rig.client.create(Some(NS), &d).await.unwrap();
-    rig.wait_for_image(3, "nginx:1.25").await;
-    rig.kubectl_ok(&["rollout", "status", "deployment/web", "--timeout=30s"])
-        .await;
+    rig.roll_out(&d).await;
 
     let (stop, sampler) = sample_bounds(rig.client.clone(), |pods| {
         let images: std::collections::BTreeSet<&str> = pods
@@ -663,10 +672,7 @@ async fn rollout_stuck_rollout_exceeds_its_progress_deadline() {
     let rig = Rig::start().await;
     let mut d = rolling("web", 3, 1, 0);
     d.spec.as_mut().unwrap().progress_deadline_seconds = Some(2);
-    rig.client.create(Some(NS), &d).await.unwrap();
-    rig.wait_for_image(3, "nginx:1.25").await;
-    rig.kubectl_ok(&["rollout", "status", "deployment/web", "--timeout=30s"])
-        .await;
+    rig.roll_out(&d).await;
 
     rig.kubectl_ok(&["set", "image", "deployment/web", "web=nginx:stuck"])
         .await;
