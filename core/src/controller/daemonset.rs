@@ -182,16 +182,8 @@ struct Shared {
 /// Runs the daemonset loop until `ctx.stop` is cancelled.
 pub async fn run(ctx: LoopContext) {
     let queue = ctx.queue();
-    let sets = ctx
-        .informer::<DaemonSet>()
-        .start(ctx.stop.clone(), util::enqueue_self(&queue));
-    let pods = ctx
-        .informer::<Pod>()
-        .index(util::BY_OWNER, util::owner_uids)
-        .start(
-            ctx.stop.clone(),
-            util::enqueue_owner(&queue, DaemonSet::KIND),
-        );
+    let sets = util::watch_primary::<DaemonSet>(&ctx, &queue);
+    let pods = util::watch_owned_pods(&ctx, &queue, DaemonSet::KIND);
     // Any node change may change where every daemon set belongs.
     let q = queue.clone();
     let all_sets = sets.clone();

@@ -109,9 +109,7 @@ pub async fn run(ctx: LoopContext) {
                 q.add(service);
             }
         });
-    let endpoints = ctx
-        .informer::<Endpoints>()
-        .start(ctx.stop.clone(), util::enqueue_self(&queue));
+    let endpoints = util::watch_primary::<Endpoints>(&ctx, &queue);
     let q = queue.clone();
     let pod_services = services.clone();
     let pod_slices = slices.clone();

@@ -111,9 +111,7 @@ struct Shared {
 /// Runs the horizontal pod autoscaler loop until `ctx.stop` is cancelled.
 pub async fn run(ctx: LoopContext) {
     let queue = ctx.queue();
-    let hpas = ctx
-        .informer::<HorizontalPodAutoscaler>()
-        .start(ctx.stop.clone(), util::enqueue_self(&queue));
+    let hpas = util::watch_primary::<HorizontalPodAutoscaler>(&ctx, &queue);
     let pods = ctx.informer::<Pod>().start(ctx.stop.clone(), |_: &Pod| {});
     if !util::wait_ready(&ctx.stop, &[&hpas, &pods]).await {
         return;

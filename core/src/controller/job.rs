@@ -71,13 +71,8 @@ struct Shared {
 /// Runs the job loop until `ctx.stop` is cancelled.
 pub async fn run(ctx: LoopContext) {
     let queue = ctx.queue();
-    let jobs = ctx
-        .informer::<Job>()
-        .start(ctx.stop.clone(), util::enqueue_self(&queue));
-    let pods = ctx
-        .informer::<Pod>()
-        .index(util::BY_OWNER, util::owner_uids)
-        .start(ctx.stop.clone(), util::enqueue_owner(&queue, Job::KIND));
+    let jobs = util::watch_primary::<Job>(&ctx, &queue);
+    let pods = util::watch_owned_pods(&ctx, &queue, Job::KIND);
     if !util::wait_ready(&ctx.stop, &[&jobs, &pods]).await {
         return;
     }

@@ -93,9 +93,7 @@ struct State {
 /// Runs the node lifecycle controller until `ctx.stop` is cancelled.
 pub async fn run(ctx: LoopContext) {
     let queue = ctx.queue();
-    let nodes = ctx
-        .informer::<Node>()
-        .start(ctx.stop.clone(), util::enqueue_self(&queue));
+    let nodes = util::watch_primary::<Node>(&ctx, &queue);
     let q = queue.clone();
     let leases = ctx.informer::<Lease>().namespace(LEASE_NAMESPACE).start(
         ctx.stop.clone(),

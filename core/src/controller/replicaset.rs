@@ -49,9 +49,7 @@ struct Loop {
 /// Runs the replicaset loop until `ctx.stop` is cancelled.
 pub async fn run(ctx: LoopContext) {
     let queue = ctx.queue();
-    let replicasets = ctx
-        .informer::<ReplicaSet>()
-        .start(ctx.stop.clone(), util::enqueue_self(&queue));
+    let replicasets = util::watch_primary::<ReplicaSet>(&ctx, &queue);
     let pod_queue = queue.clone();
     let owners = replicasets.clone();
     let pods = ctx

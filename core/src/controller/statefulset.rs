@@ -120,16 +120,8 @@ struct Shared {
 /// Runs the statefulset loop until `ctx.stop` is cancelled.
 pub async fn run(ctx: LoopContext) {
     let queue = ctx.queue();
-    let sets = ctx
-        .informer::<StatefulSet>()
-        .start(ctx.stop.clone(), util::enqueue_self(&queue));
-    let pods = ctx
-        .informer::<Pod>()
-        .index(util::BY_OWNER, util::owner_uids)
-        .start(
-            ctx.stop.clone(),
-            util::enqueue_owner(&queue, StatefulSet::KIND),
-        );
+    let sets = util::watch_primary::<StatefulSet>(&ctx, &queue);
+    let pods = util::watch_owned_pods(&ctx, &queue, StatefulSet::KIND);
     if !util::wait_ready(&ctx.stop, &[&sets, &pods]).await {
         return;
     }

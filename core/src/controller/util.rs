@@ -19,7 +19,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::informer::{key_of, revision_of, Cache, ObjectKey};
-use super::{Queue, ReconcileError};
+use super::{LoopContext, Queue, ReconcileError};
 use crate::client::Client;
 use crate::error::ApiError;
 use crate::patch::PatchType;
@@ -60,6 +60,29 @@ pub fn enqueue_owner<D: Metadata<Ty = ObjectMeta>>(
             queue.add(key(meta.namespace.as_deref(), &owner.name));
         }
     }
+}
+
+/// Starts the informer of a loop's primary kind `K`: every change queues
+/// the object's own key ([`enqueue_self`]).
+pub fn watch_primary<K>(ctx: &LoopContext, queue: &Queue<ObjectKey>) -> Cache<K>
+where
+    K: Resource + Metadata<Ty = ObjectMeta> + DeserializeOwned + Send + Sync + 'static,
+{
+    ctx.informer::<K>()
+        .start(ctx.stop.clone(), enqueue_self(queue))
+}
+
+/// Starts the pod informer of a controller of `kind`: pods indexed by
+/// owner ([`BY_OWNER`], see [`controlled_by`]), every change queueing the
+/// pod's controller owner of that kind ([`enqueue_owner`]).
+pub fn watch_owned_pods(
+    ctx: &LoopContext,
+    queue: &Queue<ObjectKey>,
+    kind: &'static str,
+) -> Cache<Pod> {
+    ctx.informer::<Pod>()
+        .index(BY_OWNER, owner_uids)
+        .start(ctx.stop.clone(), enqueue_owner(queue, kind))
 }
 
 /// A cache whose first full list can be waited for ([`wait_ready`]).
