@@ -630,13 +630,22 @@ fn translate(
     event: &orch_raft_store::Event,
     options: &ListOptions,
 ) -> Result<Option<WatchEvent>, ApiError> {
-    let prev = event.prev_kv.as_ref().map(decode).transpose()?;
-    let was = prev.as_ref().is_some_and(|p| options.matches(p));
+    let selects_all = options.labels.is_empty() && options.fields.is_empty();
+    // Without selectors a change only needs to know whether the object
+    // existed before; decoding the previous value is for deletes and for
+    // objects entering or leaving a selector.
+    let prev = if selects_all && event.kind == EventKind::Put {
+        None
+    } else {
+        event.prev_kv.as_ref().map(decode).transpose()?
+    };
+    let existed = event.prev_kv.is_some();
+    let was = existed && (selects_all || prev.as_ref().is_some_and(|p| options.matches(p)));
     match event.kind {
         EventKind::Put => {
             let object = decode(&event.kv)?;
             let is = options.matches(&object);
-            Ok(match (prev.is_some() && was, is) {
+            Ok(match (was, is) {
                 (false, true) => Some(WatchEvent {
                     kind: EventType::Added,
                     object,

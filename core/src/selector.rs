@@ -58,6 +58,11 @@ fn set_values(rest: &str, selector: &str) -> Result<Vec<String>, ApiError> {
 }
 
 impl LabelSelector {
+    /// True when the selector has no requirement (it selects everything).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// Parses `app=web,tier!=db,env in (a,b),!legacy`.
     pub fn parse(selector: &str) -> Result<Self, ApiError> {
         let mut reqs = Vec::new();
@@ -127,6 +132,11 @@ const SELECTABLE_FIELDS: &[(&str, &[&str])] = &[
 pub struct FieldSelector(Vec<(&'static [&'static str], bool, String)>);
 
 impl FieldSelector {
+    /// True when the selector has no requirement (it selects everything).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// Parses `spec.nodeName=n1,status.phase!=Running`; refuses unknown fields.
     pub fn parse(selector: &str) -> Result<Self, ApiError> {
         let mut reqs = Vec::new();
