@@ -378,16 +378,8 @@ async fn reconcile(state: &Loop, key: &str) -> Result<Action, ReconcileError> {
 fn bad_spec(d: &Deployment) -> Option<(&'static str, String)> {
     let spec = d.spec.as_ref()?;
     let selector = &spec.selector;
-    let empty = selector.match_labels.as_ref().is_none_or(|m| m.is_empty())
-        && selector
-            .match_expressions
-            .as_ref()
-            .is_none_or(|m| m.is_empty());
-    if empty {
-        return Some((
-            "SelectorEmpty",
-            "spec.selector is empty: it would select every pod in the namespace".into(),
-        ));
+    if let Some(problem) = util::empty_selector(selector) {
+        return Some(problem);
     }
     let labels = spec
         .template
@@ -466,6 +458,23 @@ async fn claim_replicasets(
 
 async fn wait_rs(state: &Loop, revision: u64) -> Result<(), ReconcileError> {
     util::wait_written(&state.replicasets, revision, CACHE_WAIT).await
+}
+
+/// Merge-patches `rs` and waits until the write is in the ReplicaSet
+/// cache; returns it as written.
+async fn patch_rs(
+    state: &Loop,
+    rs: &ReplicaSet,
+    patch: &serde_json::Value,
+) -> Result<ReplicaSet, ReconcileError> {
+    let ns = rs.metadata.namespace.as_deref();
+    let name = rs.metadata.name.as_deref().unwrap_or_default();
+    let updated = state
+        .client
+        .patch::<ReplicaSet>(ns, name, None, PatchType::Merge, patch)
+        .await?;
+    wait_rs(state, revision_of(&updated.metadata)).await?;
+    Ok(updated)
 }
 
 /// A scaling event: some active ReplicaSet was last sized for another
@@ -574,14 +583,7 @@ async fn sync_new_annotations(
     if min_ready.unwrap_or(0) != rs_min_ready.unwrap_or(0) {
         patch["spec"] = json!({"minReadySeconds": min_ready});
     }
-    let ns = rs.metadata.namespace.as_deref();
-    let name = rs.metadata.name.as_deref().unwrap_or_default();
-    let updated = state
-        .client
-        .patch::<ReplicaSet>(ns, name, None, PatchType::Merge, &patch)
-        .await?;
-    wait_rs(state, revision_of(&updated.metadata)).await?;
-    Ok(updated)
+    patch_rs(state, &rs, &patch).await
 }
 
 /// Creates the new ReplicaSet for the Deployment's template.
@@ -706,13 +708,8 @@ async fn scale_rs(
         "metadata": {"annotations": {DESIRED_REPLICAS: desired_s, MAX_REPLICAS: max_s}},
         "spec": {"replicas": replicas},
     });
-    let ns = rs.metadata.namespace.as_deref();
     let name = rs.metadata.name.as_deref().unwrap_or_default();
-    let updated = state
-        .client
-        .patch::<ReplicaSet>(ns, name, None, PatchType::Merge, &patch)
-        .await?;
-    wait_rs(state, revision_of(&updated.metadata)).await?;
+    let updated = patch_rs(state, rs, &patch).await?;
     let before = replicas_of(rs);
     if before != replicas {
         let direction = if replicas > before { "up" } else { "down" };

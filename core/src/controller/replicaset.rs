@@ -104,16 +104,8 @@ fn desired_replicas(rs: &ReplicaSet) -> i32 {
 fn bad_spec(rs: &ReplicaSet) -> Option<(&'static str, String)> {
     let spec = rs.spec.as_ref()?;
     let selector = &spec.selector;
-    let empty = selector.match_labels.as_ref().is_none_or(|m| m.is_empty())
-        && selector
-            .match_expressions
-            .as_ref()
-            .is_none_or(|m| m.is_empty());
-    if empty {
-        return Some((
-            "SelectorEmpty",
-            "spec.selector is empty: it would select every pod in the namespace".into(),
-        ));
+    if let Some(problem) = util::empty_selector(selector) {
+        return Some(problem);
     }
     let labels = spec.template.as_ref().and_then(|t| t.metadata.as_ref());
     if !util::selector_matches(Some(selector), labels.and_then(|m| m.labels.as_ref())) {

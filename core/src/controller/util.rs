@@ -198,6 +198,23 @@ pub fn pod_phase(pod: &Pod) -> &str {
         .unwrap_or("")
 }
 
+/// The `SelectorEmpty` problem (reason, message) of a controller whose
+/// selector has neither matchLabels nor matchExpressions: it would select
+/// every pod in its namespace.
+pub fn empty_selector(selector: &LabelSelector) -> Option<(&'static str, String)> {
+    let empty = selector.match_labels.as_ref().is_none_or(|m| m.is_empty())
+        && selector
+            .match_expressions
+            .as_ref()
+            .is_none_or(|m| m.is_empty());
+    empty.then(|| {
+        (
+            "SelectorEmpty",
+            "spec.selector is empty: it would select every pod in the namespace".into(),
+        )
+    })
+}
+
 /// True if `labels` satisfy `selector` (matchLabels and matchExpressions).
 /// An empty selector matches everything; a missing one matches nothing.
 pub fn selector_matches(
