@@ -32,6 +32,17 @@ fn hollow(prefix: &str, nodes: usize, cpu: &str) -> HollowConfig {
     }
 }
 
+/// Three masters, once one of them runs the loops: the masters, the
+/// leader's index, the index of another master to act through (the user's)
+/// and a client of that one.
+async fn three_masters() -> (TestMasters, usize, usize, Client) {
+    let masters = TestMasters::start(3).await;
+    let leader = masters.wait_for_loops().await;
+    let user = (leader + 1) % 3;
+    let client = masters.client(user);
+    (masters, leader, user, client)
+}
+
 /// The pods labelled `app=<app>` in `default`.
 async fn pods_of(client: &Client, app: &str) -> Vec<Pod> {
     pods_labelled(client, &format!("app={app}")).await
@@ -86,13 +97,10 @@ async fn wait_running(client: &Client, app: &str, count: usize, image: &str) -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cluster_kubectl_deployment_runs_spread_scales_rolls_out_undoes_and_deletes() {
-    let masters = TestMasters::start(3).await;
-    let leader = masters.wait_for_loops().await;
-    let user = (leader + 1) % 3;
-    let nodes = HollowCluster::start(masters.client(user), hollow("node-", 3, "4"))
+    let (masters, _, user, client) = three_masters().await;
+    let nodes = HollowCluster::start(client.clone(), hollow("node-", 3, "4"))
         .await
         .unwrap();
-    let client = masters.client(user);
 
     create_busybox_deployment(&masters, user, "web", 3).await;
     let pods = wait_running(&client, "web", 3, "busybox").await;
@@ -167,10 +175,7 @@ async fn cluster_kubectl_deployment_runs_spread_scales_rolls_out_undoes_and_dele
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cluster_pods_of_a_dead_node_are_replaced_on_live_nodes() {
-    let masters = TestMasters::start(3).await;
-    let leader = masters.wait_for_loops().await;
-    let user = (leader + 1) % 3;
-    let client = masters.client(user);
+    let (masters, _, user, client) = three_masters().await;
     let nodes = HollowCluster::start(client.clone(), hollow("node-", 3, "4"))
         .await
         .unwrap();
@@ -234,10 +239,7 @@ fn pod_requesting(name: &str, cpu: &str) -> Pod {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cluster_pod_that_fits_nowhere_waits_unschedulable_until_a_node_with_room_joins() {
-    let masters = TestMasters::start(3).await;
-    let leader = masters.wait_for_loops().await;
-    let user = (leader + 1) % 3;
-    let client = masters.client(user);
+    let (masters, _, _, client) = three_masters().await;
     let small = HollowCluster::start(client.clone(), hollow("small-", 2, "1"))
         .await
         .unwrap();
@@ -289,10 +291,7 @@ struct Sampled {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cluster_leader_killed_mid_rollout_of_300_pods_rollout_completes_without_excess_pods() {
     const REPLICAS: usize = 300;
-    let mut masters = TestMasters::start(3).await;
-    let leader = masters.wait_for_loops().await;
-    let user = (leader + 1) % 3;
-    let client = masters.client(user);
+    let (mut masters, leader, user, client) = three_masters().await;
     let nodes = HollowCluster::start(client.clone(), hollow("node-", 10, "64"))
         .await
         .unwrap();

@@ -243,21 +243,9 @@ async fn reconcile(shared: &Shared, key: ObjectKey) -> Result<Action, ReconcileE
     let spec = set.spec.clone().unwrap_or_default();
     let generation = set.metadata.generation;
     let status = set.status.clone().unwrap_or_default();
-    let template_labels = spec
-        .template
-        .metadata
-        .as_ref()
-        .and_then(|m| m.labels.as_ref());
-    if !util::selector_matches(Some(&spec.selector), template_labels) {
+    if let Some((reason, message)) = util::template_mismatch(&spec.selector, &spec.template) {
         if status.observed_generation != generation {
-            util::record_event(
-                &shared.client,
-                set.as_ref(),
-                "Warning",
-                "SelectorMismatch",
-                "spec.selector does not match the labels of spec.template",
-            )
-            .await;
+            util::record_event(&shared.client, set.as_ref(), "Warning", reason, &message).await;
             let next = DaemonSetStatus {
                 observed_generation: generation,
                 ..status

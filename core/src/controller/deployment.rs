@@ -381,16 +381,8 @@ fn bad_spec(d: &Deployment) -> Option<(&'static str, String)> {
     if let Some(problem) = util::empty_selector(selector) {
         return Some(problem);
     }
-    let labels = spec
-        .template
-        .metadata
-        .as_ref()
-        .and_then(|m| m.labels.as_ref());
-    if !util::selector_matches(Some(selector), labels) {
-        return Some((
-            "SelectorMismatch",
-            "spec.selector does not match the labels of spec.template".into(),
-        ));
+    if let Some(problem) = util::template_mismatch(selector, &spec.template) {
+        return Some(problem);
     }
     if desired(d) < 0 {
         return Some((

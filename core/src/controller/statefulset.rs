@@ -196,21 +196,9 @@ async fn reconcile(shared: &Shared, key: ObjectKey) -> Result<Action, ReconcileE
     let new_generation = status.observed_generation != generation;
     let set_name = set.metadata.name.clone().unwrap_or_default();
 
-    let template_labels = spec
-        .template
-        .metadata
-        .as_ref()
-        .and_then(|m| m.labels.as_ref());
-    if !util::selector_matches(Some(&spec.selector), template_labels) {
+    if let Some((reason, message)) = util::template_mismatch(&spec.selector, &spec.template) {
         if new_generation {
-            util::record_event(
-                &shared.client,
-                set.as_ref(),
-                "Warning",
-                "SelectorMismatch",
-                "spec.selector does not match the labels of spec.template",
-            )
-            .await;
+            util::record_event(&shared.client, set.as_ref(), "Warning", reason, &message).await;
             let next = StatefulSetStatus {
                 observed_generation: generation,
                 ..status

@@ -215,6 +215,21 @@ pub fn empty_selector(selector: &LabelSelector) -> Option<(&'static str, String)
     })
 }
 
+/// The `SelectorMismatch` problem (reason, message) of a controller whose
+/// selector does not select the labels of its pod template.
+pub fn template_mismatch(
+    selector: &LabelSelector,
+    template: &PodTemplateSpec,
+) -> Option<(&'static str, String)> {
+    let labels = template.metadata.as_ref().and_then(|m| m.labels.as_ref());
+    (!selector_matches(Some(selector), labels)).then(|| {
+        (
+            "SelectorMismatch",
+            "spec.selector does not match the labels of spec.template".into(),
+        )
+    })
+}
+
 /// True if `labels` satisfy `selector` (matchLabels and matchExpressions).
 /// An empty selector matches everything; a missing one matches nothing.
 pub fn selector_matches(
