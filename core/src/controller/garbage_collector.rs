@@ -163,19 +163,44 @@ where
             let meta = obj.metadata();
             let namespace = meta.namespace.as_deref().unwrap_or("");
             let name = meta.name.as_deref().unwrap_or("");
-            queue.add(queue_key(K::KIND, namespace, name));
-            for owner in meta.owner_references.iter().flatten() {
-                queue.add(queue_key(&owner.kind, namespace, &owner.name));
-            }
+            let owners = meta.owner_references.iter().flatten();
             let Some(all) = kinds.get() else {
+                // Still starting: look at everything.
+                queue.add(queue_key(K::KIND, namespace, name));
+                for owner in owners {
+                    queue.add(queue_key(&owner.kind, namespace, &owner.name));
+                }
                 return;
             };
+            // Most changes (a pod's status, say) concern nothing the
+            // collector does: the object is not being deleted and every
+            // owner is alive. Only the others are queued.
+            let deleting = meta.deletion_timestamp.is_some();
+            let owners_alive = owners.clone().all(|owner| {
+                all.iter()
+                    .find(|w| w.kind() == owner.kind)
+                    .and_then(|w| w.meta(&util::key(Some(namespace), &owner.name)))
+                    .is_some_and(|m| {
+                        m.uid.as_deref() == Some(owner.uid.as_str())
+                            && m.deletion_timestamp.is_none()
+                    })
+            });
+            if deleting || !owners_alive {
+                queue.add(queue_key(K::KIND, namespace, name));
+            }
             let key = util::key(Some(namespace), name);
             let gone = all
                 .iter()
                 .find(|w| w.kind() == K::KIND)
                 .is_some_and(|w| w.meta(&key).and_then(|m| m.uid) != meta.uid);
-            if gone || meta.deletion_timestamp.is_some() {
+            if gone || deleting || !owners_alive {
+                // A dependent going away may let an owner's foreground
+                // deletion finish.
+                for owner in owners {
+                    queue.add(queue_key(&owner.kind, namespace, &owner.name));
+                }
+            }
+            if gone || deleting {
                 let uid = meta.uid.as_deref().unwrap_or("");
                 for w in all {
                     for d in w.dependents(uid) {

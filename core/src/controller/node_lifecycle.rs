@@ -90,6 +90,18 @@ struct State {
     grace: Duration,
 }
 
+/// True when the pods of `node` may need marking or evicting: it is not
+/// Ready, or it carries a NoExecute taint.
+fn needs_pod_checks(node: &Node) -> bool {
+    let ready = condition(node, "Ready").is_some_and(|c| c.status == "True");
+    let no_execute = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .is_some_and(|taints| taints.iter().any(|t| t.effect == "NoExecute"));
+    !ready || no_execute
+}
+
 /// Runs the node lifecycle controller until `ctx.stop` is cancelled.
 pub async fn run(ctx: LoopContext) {
     let queue = ctx.queue();
@@ -105,9 +117,16 @@ pub async fn run(ctx: LoopContext) {
     let pods = ctx
         .informer::<Pod>()
         .index(BY_NODE, |pod: &Pod| node_of(pod).into_iter().collect())
-        .start(ctx.stop.clone(), move |pod: &Pod| {
-            if let Some(node) = node_of(pod) {
-                q.add(node);
+        .start(ctx.stop.clone(), {
+            let nodes = nodes.clone();
+            move |pod: &Pod| {
+                // A pod only needs its node looked at when the node is gone,
+                // not Ready, or tainted NoExecute (eviction); the periodic
+                // pass covers nodes that turn stale meanwhile.
+                let Some(node) = node_of(pod) else { return };
+                if nodes.get(&node).is_none_or(|n| needs_pod_checks(&n)) {
+                    q.add(node);
+                }
             }
         });
     // Every period, look at every node: staleness comes from time passing,
