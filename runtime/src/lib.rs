@@ -2,3 +2,4 @@
 //! imports, registry pulls and overlayfs container root filesystems.
 
 pub mod image;
+pub mod pod;

@@ -1,0 +1,533 @@
+//! Pods through libcontainer, as root, with real containers of the busybox
+//! test image (scripts/build-test-image): logs, localhost between the
+//! containers of a pod, hostname, memory limits and OOM kills, graceful
+//! termination, teardown leaving nothing behind, and adoption by a new
+//! runtime.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use orch_runtime::image::{mount_points, ImageStore};
+use orch_runtime::pod::{
+    cgroup, process_alive, ContainerConfig, ContainerState, PodRuntime, RuntimeConfig,
+    SandboxConfig,
+};
+
+const IMAGE: &str = "busybox:latest";
+
+fn require_root() {
+    assert!(
+        fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0")),
+        "the pod tests need root (namespaces, cgroups, overlayfs mounts)"
+    );
+}
+
+/// A runtime over a temporary directory with the busybox image imported.
+struct Fixture {
+    dir: tempfile::TempDir,
+    runtime: PodRuntime,
+    pods: std::sync::Mutex<Vec<String>>,
+}
+
+impl Drop for Fixture {
+    /// After a failed test, best effort: kill what runs in the test's pod
+    /// cgroups, unmount what is mounted under its directory, remove the
+    /// cgroups (a passing test has torn everything down itself).
+    fn drop(&mut self) {
+        let pods = self.pods.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for uid in &pods {
+            for dir in cgroup::existing_dirs(&cgroup::pod_path("orch", uid)) {
+                kill_tree(&dir);
+            }
+        }
+        let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let root = self.dir.path().to_string_lossy().into_owned();
+        let mut mounts: Vec<String> = mount_points(&info)
+            .filter(|m| m.starts_with(&root))
+            .collect();
+        mounts.reverse();
+        for m in mounts {
+            let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
+        }
+        for uid in &pods {
+            let _ = cgroup::remove_tree(&cgroup::pod_path("orch", uid));
+        }
+    }
+}
+
+fn kill_tree(dir: &Path) {
+    for pid in fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+    {
+        if let Ok(pid) = pid.trim().parse() {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+        }
+    }
+    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            kill_tree(&entry.path());
+        }
+    }
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        require_root();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .try_init();
+        let dir = tempfile::tempdir().unwrap();
+        let layout = dir.path().join("layout");
+        let out =
+            Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/build-test-image"))
+                .arg(&layout)
+                .output()
+                .expect("running scripts/build-test-image (see scripts/setup)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let images = ImageStore::open(dir.path().join("images")).unwrap();
+        images.import_oci_layout(&layout, IMAGE).unwrap();
+        let runtime = PodRuntime::start(Fixture::config(dir.path()), images).unwrap();
+        Fixture {
+            dir,
+            runtime,
+            pods: Default::default(),
+        }
+    }
+
+    fn config(dir: &Path) -> RuntimeConfig {
+        RuntimeConfig {
+            state_dir: dir.join("run"),
+            data_dir: dir.join("data"),
+            log_dir: dir.join("logs"),
+            cgroup_parent: "orch".to_string(),
+        }
+    }
+
+    /// A new runtime over the same directories, as a restarted agent has.
+    fn restart(&self) -> PodRuntime {
+        let images = ImageStore::open(self.dir.path().join("images")).unwrap();
+        PodRuntime::start(Fixture::config(self.dir.path()), images).unwrap()
+    }
+
+    async fn pod(&self, name: &str) -> SandboxConfig {
+        let config = SandboxConfig {
+            uid: format!("{name}-{}-{}", std::process::id(), rand_suffix()),
+            name: name.to_string(),
+            namespace: "default".to_string(),
+        };
+        self.pods.lock().unwrap().push(config.uid.clone());
+        self.runtime.create_sandbox(config.clone()).await.unwrap();
+        config
+    }
+
+    /// Everything the host holds for the pod: mounts under the test dir that
+    /// mention it, its cgroup directories.
+    fn leftovers(&self, uid: &str) -> Vec<String> {
+        let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let root = self.dir.path().to_string_lossy().into_owned();
+        let mut left: Vec<String> = mount_points(&info)
+            .filter(|m| m.starts_with(&root) && m.contains(uid))
+            .map(|m| format!("mount {m}"))
+            .collect();
+        for dir in cgroup::existing_dirs(&cgroup::pod_path("orch", uid)) {
+            left.push(format!("cgroup {}", dir.display()));
+        }
+        left
+    }
+}
+
+fn rand_suffix() -> u32 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+fn sh(name: &str, script: &str) -> ContainerConfig {
+    ContainerConfig {
+        name: name.to_string(),
+        image: IMAGE.to_string(),
+        command: vec!["sh".into(), "-c".into(), script.into()],
+        ..Default::default()
+    }
+}
+
+/// Waits until the file contains `text`; returns the content.
+async fn wait_for_log(path: &Path, text: &str, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let content = fs::read_to_string(path).unwrap_or_default();
+        if content.contains(text) {
+            return content;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never contained {text:?}; it has {content:?}",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pods_log_hostname_and_teardown_leaves_nothing() {
+    let fx = Fixture::new();
+    let pod = fx.pod("web").await;
+    let mut main = sh(
+        "main",
+        "echo hello; hostname; cat /etc/hostname; sleep 3600",
+    );
+    main.memory_limit_bytes = Some(64 << 20);
+    main.cpu_request_millis = Some(250);
+    main.cpu_limit_millis = Some(500);
+    let started = fx.runtime.run_container(&pod.uid, main).await.unwrap();
+    let ContainerState::Running { pid } = started.state else {
+        panic!("not running: {started:?}");
+    };
+    assert_eq!(
+        started.record.log_path,
+        fx.dir
+            .path()
+            .join(format!("logs/default_web_{}/main/0.log", pod.uid))
+    );
+    let log = wait_for_log(
+        &started.record.log_path,
+        "web\nweb\n",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(log, "hello\nweb\nweb\n");
+
+    // The limits are in the container's cgroup.
+    if !cgroup::is_unified() {
+        let mem = PathBuf::from("/sys/fs/cgroup/memory").join(format!("orch/{}/main-0", pod.uid));
+        assert_eq!(
+            fs::read_to_string(mem.join("memory.limit_in_bytes"))
+                .unwrap()
+                .trim(),
+            (64u64 << 20).to_string()
+        );
+        let cpu = PathBuf::from("/sys/fs/cgroup/cpu").join(format!("orch/{}/main-0", pod.uid));
+        assert_eq!(
+            fs::read_to_string(cpu.join("cpu.shares")).unwrap().trim(),
+            "256"
+        );
+        assert_eq!(
+            fs::read_to_string(cpu.join("cpu.cfs_quota_us"))
+                .unwrap()
+                .trim(),
+            "50000"
+        );
+    }
+
+    let side = fx
+        .runtime
+        .run_container(&pod.uid, sh("side", "sleep 3600"))
+        .await
+        .unwrap();
+    let ContainerState::Running { pid: side_pid } = side.state else {
+        panic!("not running: {side:?}");
+    };
+    assert!(
+        !fx.leftovers(&pod.uid).is_empty(),
+        "the pod should hold mounts and cgroups"
+    );
+
+    let t = Instant::now();
+    fx.runtime
+        .teardown_pod(&pod.uid, Duration::ZERO, true)
+        .await
+        .unwrap();
+    eprintln!("teardown of 2 running containers: {:?}", t.elapsed());
+    assert_eq!(fx.leftovers(&pod.uid), Vec::<String>::new());
+    assert!(!process_alive(pid) && !process_alive(side_pid));
+    assert!(!fx.dir.path().join("run/pods").join(&pod.uid).exists());
+    assert!(!fx.dir.path().join("data").join(&pod.uid).exists());
+    assert!(!fx
+        .dir
+        .path()
+        .join(format!("logs/default_web_{}", pod.uid))
+        .exists());
+    assert_eq!(
+        fs::read_dir(fx.dir.path().join("run/libcontainer"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pods_containers_of_a_pod_talk_over_localhost() {
+    let fx = Fixture::new();
+    let pod = fx.pod("talk").await;
+    let server = fx
+        .runtime
+        .run_container(&pod.uid, sh("server", "nc -l -p 8080"))
+        .await
+        .unwrap();
+    let client = fx
+        .runtime
+        .run_container(
+            &pod.uid,
+            sh(
+                "client",
+                "for i in $(seq 100); do echo ping | nc 127.0.0.1 8080 && exit 0; sleep 0.05; done; exit 1",
+            ),
+        )
+        .await
+        .unwrap();
+    wait_for_log(&server.record.log_path, "ping", Duration::from_secs(10)).await;
+    let exit = fx
+        .runtime
+        .wait_exit(&client.record.id, Duration::from_secs(10))
+        .await
+        .unwrap()
+        .expect("the client exits");
+    assert_eq!(exit.exit_code, Some(0));
+    fx.runtime
+        .teardown_pod(&pod.uid, Duration::ZERO, true)
+        .await
+        .unwrap();
+    assert_eq!(fx.leftovers(&pod.uid), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pods_memory_limit_oom_kill_is_detected() {
+    let fx = Fixture::new();
+    let pod = fx.pod("hog").await;
+    let mut hog = sh(
+        "hog",
+        "x=$(head -c 64m /dev/zero | tr '\\0' a); echo survived; sleep 1",
+    );
+    hog.memory_limit_bytes = Some(16 << 20);
+    let started = fx.runtime.run_container(&pod.uid, hog).await.unwrap();
+    let exit = fx
+        .runtime
+        .wait_exit(&started.record.id, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .expect("the hog is killed");
+    assert!(exit.oom_killed, "{exit:?}");
+    assert_eq!(exit.exit_code, Some(137), "{exit:?}");
+    let info = fx.runtime.container(&started.record.id).await.unwrap();
+    assert_eq!(info.state, ContainerState::Exited(exit));
+    fx.runtime
+        .teardown_pod(&pod.uid, Duration::ZERO, true)
+        .await
+        .unwrap();
+    assert_eq!(fx.leftovers(&pod.uid), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pods_sigterm_then_sigkill_after_grace() {
+    let fx = Fixture::new();
+    let pod = fx.pod("term").await;
+    // PID 1 without a handler ignores SIGTERM; `trap ''` makes sure of it.
+    let stubborn = fx
+        .runtime
+        .run_container(
+            &pod.uid,
+            sh("stubborn", "trap '' TERM; while true; do sleep 1; done"),
+        )
+        .await
+        .unwrap();
+    let polite = fx
+        .runtime
+        .run_container(
+            &pod.uid,
+            sh(
+                "polite",
+                "trap 'echo bye; exit 3' TERM; echo ready; while true; do sleep 0.1; done",
+            ),
+        )
+        .await
+        .unwrap();
+    wait_for_log(&polite.record.log_path, "ready", Duration::from_secs(10)).await;
+
+    let t = Instant::now();
+    let exit = fx
+        .runtime
+        .stop_container(&polite.record.id, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!((exit.exit_code, exit.signal), (Some(3), None));
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    wait_for_log(&polite.record.log_path, "bye", Duration::from_secs(1)).await;
+
+    let t = Instant::now();
+    let exit = fx
+        .runtime
+        .stop_container(&stubborn.record.id, Duration::from_millis(800))
+        .await
+        .unwrap();
+    let took = t.elapsed();
+    assert_eq!((exit.exit_code, exit.signal), (Some(137), Some(9)));
+    assert!(!exit.oom_killed);
+    assert!(
+        took >= Duration::from_millis(800) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    fx.runtime
+        .remove_container(&stubborn.record.id)
+        .await
+        .unwrap();
+    fx.runtime
+        .remove_container(&polite.record.id)
+        .await
+        .unwrap();
+    assert!(fx
+        .runtime
+        .pod_containers(&pod.uid)
+        .await
+        .unwrap()
+        .is_empty());
+    fx.runtime
+        .teardown_pod(&pod.uid, Duration::ZERO, true)
+        .await
+        .unwrap();
+    assert_eq!(fx.leftovers(&pod.uid), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pods_restarted_runtime_adopts_running_containers() {
+    let fx = Fixture::new();
+    let pod = fx.pod("keep").await;
+    let kept = fx
+        .runtime
+        .run_container(&pod.uid, sh("kept", "echo one; sleep 3600"))
+        .await
+        .unwrap();
+    let done = fx
+        .runtime
+        .run_container(&pod.uid, sh("done", "exit 7"))
+        .await
+        .unwrap();
+    fx.runtime
+        .wait_exit(&done.record.id, Duration::from_secs(10))
+        .await
+        .unwrap()
+        .expect("exits");
+
+    let again = fx.restart();
+    let pods = again.recover().await.unwrap();
+    let found = pods
+        .iter()
+        .find(|p| p.sandbox.config.uid == pod.uid)
+        .expect("the pod is found");
+    assert!(found.namespaces_present);
+    assert_eq!(found.sandbox.config, pod);
+    let by_name = |n: &str| {
+        found
+            .containers
+            .iter()
+            .find(|c| c.record.name == n)
+            .unwrap()
+    };
+    assert_eq!(by_name("kept").state, kept.state);
+    match by_name("done").state {
+        ContainerState::Exited(e) => assert_eq!(e.exit_code, Some(7)),
+        s => panic!("{s:?}"),
+    }
+    // The adopted container is stopped through the new runtime.
+    let exit = again
+        .stop_container(&kept.record.id, Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(exit.finished_at_ms > 0);
+    again
+        .teardown_pod(&pod.uid, Duration::ZERO, true)
+        .await
+        .unwrap();
+    assert_eq!(fx.leftovers(&pod.uid), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pods_bad_command_fails_and_leaves_nothing() {
+    let fx = Fixture::new();
+    let pod = fx.pod("bad").await;
+    let bad = ContainerConfig {
+        name: "bad".into(),
+        image: IMAGE.into(),
+        command: vec!["/no/such/binary".into()],
+        ..Default::default()
+    };
+    let err = fx.runtime.run_container(&pod.uid, bad).await.unwrap_err();
+    eprintln!("bad command: {err}");
+    assert!(fx
+        .runtime
+        .pod_containers(&pod.uid)
+        .await
+        .unwrap()
+        .is_empty());
+    let missing = ContainerConfig {
+        name: "img".into(),
+        image: "example.com/nothere:1".into(),
+        command: vec!["sh".into()],
+        ..Default::default()
+    };
+    let err = fx
+        .runtime
+        .run_container(&pod.uid, missing)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not present"), "{err}");
+    fx.runtime
+        .teardown_pod(&pod.uid, Duration::ZERO, true)
+        .await
+        .unwrap();
+    assert_eq!(fx.leftovers(&pod.uid), Vec::<String>::new());
+}
+
+/// create+start+wait+delete of an `echo` container, as the benchmark's
+/// "runtime alone" figure; printed, and bounded loosely.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pods_echo_container_round_trip_time() {
+    let fx = Fixture::new();
+    let pod = fx.pod("echo").await;
+    let mut times = Vec::new();
+    for attempt in 0..10 {
+        let mut c = ContainerConfig {
+            name: "echo".into(),
+            image: IMAGE.into(),
+            command: vec!["echo".into(), "hi".into()],
+            ..Default::default()
+        };
+        c.attempt = attempt;
+        let t = Instant::now();
+        let info = fx.runtime.run_container(&pod.uid, c).await.unwrap();
+        let exit = fx
+            .runtime
+            .wait_exit(&info.record.id, Duration::from_secs(10))
+            .await
+            .unwrap()
+            .unwrap();
+        fx.runtime.remove_container(&info.record.id).await.unwrap();
+        times.push(t.elapsed());
+        assert_eq!(exit.exit_code, Some(0));
+        assert_eq!(fs::read_to_string(&info.record.log_path).unwrap(), "hi\n");
+    }
+    times.sort();
+    eprintln!(
+        "echo create+start+wait+delete: median {:?}, min {:?}, max {:?}",
+        times[times.len() / 2],
+        times[0],
+        times[times.len() - 1]
+    );
+    assert!(times[times.len() / 2] < Duration::from_secs(2));
+    fx.runtime
+        .teardown_pod(&pod.uid, Duration::ZERO, true)
+        .await
+        .unwrap();
+    assert_eq!(fx.leftovers(&pod.uid), Vec::<String>::new());
+}
