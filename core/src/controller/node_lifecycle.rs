@@ -107,12 +107,21 @@ pub async fn run(ctx: LoopContext) {
     let queue = ctx.queue();
     let nodes = util::watch_primary::<Node>(&ctx, &queue);
     let q = queue.clone();
-    let leases = ctx.informer::<Lease>().namespace(LEASE_NAMESPACE).start(
-        ctx.stop.clone(),
-        move |lease: &Lease| {
-            q.add(lease.metadata.name.clone().unwrap_or_default());
-        },
-    );
+    let leases = ctx
+        .informer::<Lease>()
+        .namespace(LEASE_NAMESPACE)
+        .start(ctx.stop.clone(), {
+            let nodes = nodes.clone();
+            move |lease: &Lease| {
+                // A renewal matters at once only to a node that is not
+                // Ready or is tainted (it may recover); for the others the
+                // periodic pass notes the renewal.
+                let name = lease.metadata.name.clone().unwrap_or_default();
+                if nodes.get(&name).is_none_or(|n| needs_pod_checks(&n)) {
+                    q.add(name);
+                }
+            }
+        });
     let q = queue.clone();
     let pods = ctx
         .informer::<Pod>()
@@ -129,23 +138,6 @@ pub async fn run(ctx: LoopContext) {
                 }
             }
         });
-    // Every period, look at every node: staleness comes from time passing,
-    // not from any event.
-    let period = ctx.settings.node_monitor_period;
-    let ticker_nodes = nodes.clone();
-    let ticker_queue = queue.clone();
-    let stop = ctx.stop.clone();
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(period) => {}
-            }
-            for node in ticker_nodes.list() {
-                ticker_queue.add(node.metadata.name.clone().unwrap_or_default());
-            }
-        }
-    });
     let state = State {
         client: ctx.client.clone(),
         nodes,
@@ -154,6 +146,27 @@ pub async fn run(ctx: LoopContext) {
         memory: Arc::default(),
         grace: ctx.settings.node_monitor_grace,
     };
+    // Every period, look at every node's Lease: staleness comes from time
+    // passing, not from any event. Only nodes that went stale, or are not
+    // Ready or tainted, are reconciled; a healthy node costs a map lookup.
+    let period = ctx.settings.node_monitor_period;
+    let ticker_state = state.clone();
+    let ticker_queue = queue.clone();
+    let stop = ctx.stop.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(period) => {}
+            }
+            for node in ticker_state.nodes.list() {
+                let name = node.metadata.name.clone().unwrap_or_default();
+                if lease_is_stale(&ticker_state, &name) || needs_pod_checks(&node) {
+                    ticker_queue.add(name);
+                }
+            }
+        }
+    });
     ctx.run("node-lifecycle", queue, move |key| {
         let state = state.clone();
         async move { reconcile(&state, &key).await }
