@@ -273,7 +273,9 @@ async fn pods_containers_of_a_pod_talk_over_localhost() {
     let pod = fx.pod("talk").await;
     let server = fx
         .runtime
-        .run_container(&pod.uid, sh("server", "nc -l -p 8080"))
+        // stdin is /dev/null: busybox nc would stop at its EOF before the
+        // client's data arrives, so it reads a pipe that stays open instead.
+        .run_container(&pod.uid, sh("server", "sleep 30 | nc -l -p 8080"))
         .await
         .unwrap();
     let client = fx
@@ -282,12 +284,25 @@ async fn pods_containers_of_a_pod_talk_over_localhost() {
             &pod.uid,
             sh(
                 "client",
-                "for i in $(seq 100); do echo ping | nc 127.0.0.1 8080 && exit 0; sleep 0.05; done; exit 1",
+                "for i in $(seq 100); do echo ping | nc 127.0.0.1 8080 && exit 0; echo retry; sleep 0.05; done; exit 1",
             ),
         )
         .await
         .unwrap();
-    wait_for_log(&server.record.log_path, "ping", Duration::from_secs(10)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !fs::read_to_string(&server.record.log_path)
+        .unwrap_or_default()
+        .contains("ping")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the server got nothing; server {:?}, client {:?} (log {:?})",
+            fx.runtime.container(&server.record.id).await.unwrap().state,
+            fx.runtime.container(&client.record.id).await.unwrap().state,
+            fs::read_to_string(&client.record.log_path).unwrap_or_default(),
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let exit = fx
         .runtime
         .wait_exit(&client.record.id, Duration::from_secs(10))
@@ -496,6 +511,7 @@ async fn pods_echo_container_round_trip_time() {
     let fx = Fixture::new();
     let pod = fx.pod("echo").await;
     let mut times = Vec::new();
+    let mut phases = Vec::new();
     for attempt in 0..10 {
         let mut c = ContainerConfig {
             name: "echo".into(),
@@ -506,13 +522,16 @@ async fn pods_echo_container_round_trip_time() {
         c.attempt = attempt;
         let t = Instant::now();
         let info = fx.runtime.run_container(&pod.uid, c).await.unwrap();
+        let started = t.elapsed();
         let exit = fx
             .runtime
             .wait_exit(&info.record.id, Duration::from_secs(10))
             .await
             .unwrap()
             .unwrap();
+        let exited = t.elapsed();
         fx.runtime.remove_container(&info.record.id).await.unwrap();
+        phases.push((started, exited - started, t.elapsed() - exited));
         times.push(t.elapsed());
         assert_eq!(exit.exit_code, Some(0));
         assert_eq!(fs::read_to_string(&info.record.log_path).unwrap(), "hi\n");
@@ -524,7 +543,151 @@ async fn pods_echo_container_round_trip_time() {
         times[0],
         times[times.len() - 1]
     );
+    phases.sort();
+    eprintln!(
+        "phases of the median-start run (create+start, wait, delete): {:?}",
+        phases[phases.len() / 2]
+    );
     assert!(times[times.len() / 2] < Duration::from_secs(2));
+    fx.runtime
+        .teardown_pod(&pod.uid, Duration::ZERO, true)
+        .await
+        .unwrap();
+    assert_eq!(fx.leftovers(&pod.uid), Vec::<String>::new());
+}
+
+/// Set for the child process of `pods_adopts_containers_of_a_killed_agent`:
+/// the directory of the parent's fixture.
+const HELPER_ENV: &str = "ORCH_PODS_TEST_AGENT_DIR";
+
+/// Not a test of its own: the "agent" that
+/// `pods_adopts_containers_of_a_killed_agent` runs as a child process. It
+/// starts a pod with a container, prints their ids and kills itself with
+/// SIGKILL, leaving the container running without its parent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_helper_agent_that_dies() {
+    let Ok(dir) = std::env::var(HELPER_ENV) else {
+        return;
+    };
+    let dir = PathBuf::from(dir);
+    let images = ImageStore::open(dir.join("images")).unwrap();
+    let runtime = PodRuntime::start(Fixture::config(&dir), images).unwrap();
+    let pod = SandboxConfig {
+        uid: format!("adopt-{}", std::process::id()),
+        name: "adopt".to_string(),
+        namespace: "default".to_string(),
+    };
+    runtime.create_sandbox(pod.clone()).await.unwrap();
+    let info = runtime
+        .run_container(&pod.uid, sh("kept", "echo one; sleep 3600"))
+        .await
+        .unwrap();
+    let ContainerState::Running { pid } = info.state else {
+        panic!("{info:?}");
+    };
+    println!("ADOPT {} {} {pid}", pod.uid, info.record.id);
+    use std::io::Write;
+    std::io::stdout().flush().unwrap();
+    nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pods_adopts_containers_of_a_killed_agent() {
+    let fx = Fixture::new();
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "pods_helper_agent_that_dies", "--nocapture"])
+        .env(HELPER_ENV, fx.dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("ADOPT "))
+        .unwrap_or_else(|| {
+            panic!(
+                "the helper agent printed no ids: {stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let (uid, id, pid) = (fields[0], fields[1], fields[2].parse::<i32>().unwrap());
+    fx.pods.lock().unwrap().push(uid.to_string());
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(9), "the helper agent was killed");
+    assert!(process_alive(pid), "the container outlives its agent");
+
+    let pods = fx.runtime.recover().await.unwrap();
+    let found = pods.iter().find(|p| p.sandbox.config.uid == uid).unwrap();
+    assert!(found.namespaces_present);
+    assert_eq!(found.containers.len(), 1);
+    assert_eq!(found.containers[0].record.id, id);
+    assert_eq!(found.containers[0].state, ContainerState::Running { pid });
+    wait_for_log(
+        &found.containers[0].record.log_path,
+        "one\n",
+        Duration::from_secs(5),
+    )
+    .await;
+
+    // Adopted: stopped through this runtime; its exit code is not knowable.
+    let exit = fx.runtime.stop_container(id, Duration::ZERO).await.unwrap();
+    assert_eq!(exit.exit_code, None);
+    assert!(!process_alive(pid));
+    fx.runtime
+        .teardown_pod(uid, Duration::ZERO, true)
+        .await
+        .unwrap();
+    assert_eq!(fx.leftovers(uid), Vec::<String>::new());
+}
+
+/// Containers are created while other threads of the process spawn
+/// processes and read the environment (as the agent's probes and tokio's
+/// workers do): a create must never hang on a lock copied from another
+/// thread into the cloned init process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pods_create_while_other_threads_spawn_processes() {
+    let fx = Fixture::new();
+    let pod = fx.pod("busy").await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let spawners: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = std::env::var("PATH");
+                    let _ = Command::new("/bin/true").status();
+                }
+            })
+        })
+        .collect();
+    for attempt in 0..20 {
+        let c = ContainerConfig {
+            name: "busy".into(),
+            image: IMAGE.into(),
+            command: vec!["true".into()],
+            attempt,
+            ..Default::default()
+        };
+        let info = tokio::time::timeout(
+            Duration::from_secs(20),
+            fx.runtime.run_container(&pod.uid, c),
+        )
+        .await
+        .expect("a container create hung")
+        .unwrap();
+        let exit = fx
+            .runtime
+            .wait_exit(&info.record.id, Duration::from_secs(10))
+            .await
+            .unwrap()
+            .expect("exits");
+        assert_eq!(exit.exit_code, Some(0));
+        fx.runtime.remove_container(&info.record.id).await.unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for s in spawners {
+        s.join().unwrap();
+    }
     fx.runtime
         .teardown_pod(&pod.uid, Duration::ZERO, true)
         .await

@@ -225,6 +225,7 @@ fn create_and_start(
     let mut container = ContainerBuilder::new(id.clone(), SyscallType::default())
         .with_root_path(&places.libcontainer)
         .map_err(PodError::container(format!("container {id}: state root")))?
+        .with_executor(super::exec::EnvSafeExecutor::default())
         .with_stdin(stdin)
         .with_stdout(log)
         .with_stderr(log2)

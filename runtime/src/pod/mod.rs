@@ -30,6 +30,20 @@
 //!   thread, and process-wide side effects of a create (libcontainer marks
 //!   the calling process non-dumpable) are serialized. Creates are thus one
 //!   at a time (a create+start is a few tens of ms).
+//! - The clones copy the agent's memory as it is, locks held by other
+//!   threads included, and libcontainer's init process runs Rust code
+//!   before it execs. Its default executor rewrites the process environment
+//!   (std's environment write lock), which hangs the init process forever
+//!   whenever another agent thread was reading the environment or spawning a
+//!   `Command` at the moment of the clone (reproduced by the test
+//!   `pods_create_while_other_threads_spawn_processes`). orch's executor
+//!   (`exec.rs`) passes the environment to `execve` instead. Hazards that
+//!   remain: a raw `clone3` runs no `atfork` handlers, so a glibc malloc
+//!   arena lock held by another thread sharing the worker's arena, or the
+//!   stderr lock if libcontainer logs in the child, would hang an init
+//!   process the same way. If that is ever seen, the libcontainer calls move
+//!   into a single-threaded helper process (containerd's shim model), which
+//!   would also keep exit codes across agent restarts.
 //! - Each container's init pid is watched by a small thread of its own
 //!   (64 KiB stack) blocked in `waitid(P_PID, pid, WEXITED|WNOWAIT)`: it
 //!   records the exit (code, signal, OOM kill from the cgroup) in `exit.json`
@@ -61,6 +75,7 @@
 pub mod cgroup;
 mod container;
 mod error;
+mod exec;
 pub mod logs;
 pub mod sandbox;
 pub mod spec;
