@@ -293,6 +293,55 @@ fn proc_status_kib(field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// No progress for a while: tells, from the API rather than the bench's
+/// watch, how many pods exist and which ReplicaSets do not have the pods
+/// they should.
+async fn diagnose_stall(client: &Client, per_deployment: usize) {
+    use k8s_openapi::api::apps::v1::ReplicaSet;
+    use k8s_openapi::api::core::v1::Pod;
+    println!("no progress for 20 s; asking the API:");
+    let pods = match client.list::<Pod>(None, None).await {
+        Ok((pods, _)) => pods,
+        Err(e) => {
+            println!("  listing pods failed: {e}");
+            return;
+        }
+    };
+    let running = pods
+        .iter()
+        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        .count();
+    println!("  {} pods exist, {running} Running", pods.len());
+    let mut owned: HashMap<String, usize> = HashMap::new();
+    for pod in &pods {
+        if let Some(owner) = pod.metadata.owner_references.iter().flatten().next() {
+            *owned.entry(owner.uid.clone()).or_default() += 1;
+        }
+    }
+    match client.list::<ReplicaSet>(None, None).await {
+        Ok((sets, _)) => {
+            for set in sets {
+                let uid = set.metadata.uid.clone().unwrap_or_default();
+                let want = set.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0) as usize;
+                let have = owned.get(&uid).copied().unwrap_or(0);
+                if have != want || want != per_deployment {
+                    println!(
+                        "  ReplicaSet {}/{}: spec.replicas {want}, {have} pods, status {:?}",
+                        set.metadata.namespace.as_deref().unwrap_or(""),
+                        set.metadata.name.as_deref().unwrap_or(""),
+                        set.status.as_ref().map(|s| (
+                            s.replicas,
+                            s.ready_replicas,
+                            s.observed_generation
+                        )),
+                    );
+                }
+            }
+        }
+        Err(e) => println!("  listing replica sets failed: {e}"),
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
@@ -465,6 +514,8 @@ async fn main() -> Result<()> {
     let timeout = Duration::from_secs(args.timeout_secs.unwrap_or(120 + args.pods as u64 / 50));
     let mut last_report = Instant::now();
     let mut last_progress = (0, 0, 0);
+    let mut last_change = (Instant::now(), 0);
+    let mut diagnosed = false;
     loop {
         let (added, bound, running) = {
             let o = observed.lock().expect("observed lock");
@@ -472,6 +523,13 @@ async fn main() -> Result<()> {
         };
         if running >= args.pods {
             break;
+        }
+        if running != last_change.1 {
+            last_change = (Instant::now(), running);
+        } else if !diagnosed && last_change.0.elapsed() > Duration::from_secs(20) {
+            diagnosed = true;
+            let inspector = Client::in_process(masters[follower].server.clone());
+            diagnose_stall(&inspector, args.pods_per_deployment).await;
         }
         if began.elapsed() > timeout {
             let stats = hollow.stats();
