@@ -213,13 +213,16 @@ impl<K> Clone for Running<K> {
     }
 }
 
+/// A shared informer's identity: its kind and namespace (all: `None`).
+type InformerKey = (TypeId, Option<String>);
+
 /// The informers shared by the loops of one context: one list + watch and
 /// one cache per kind (and namespace), however many loops look at it, as
 /// client-go's shared informer factory does. They stop with `stop`.
 #[derive(Clone)]
 pub struct SharedInformers {
     stop: CancellationToken,
-    running: Arc<std::sync::Mutex<HashMap<(TypeId, Option<String>), Box<dyn Any + Send + Sync>>>>,
+    running: Arc<std::sync::Mutex<HashMap<InformerKey, Box<dyn Any + Send + Sync>>>>,
 }
 
 impl SharedInformers {
