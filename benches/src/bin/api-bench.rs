@@ -24,8 +24,8 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use orch_core::server::{serve, ApiServer};
-use orch_core::{control_plane, Registry};
-use orch_raft_store::{NodeConfig, StoreNode};
+use orch_core::Registry;
+use orch_raft_store::StoreNode;
 use serde_json::{json, Value};
 
 #[derive(Parser)]
@@ -97,20 +97,7 @@ async fn start_masters(
     Vec<String>,
     Vec<orch_core::server::ServerHandle>,
 )> {
-    let mut nodes = Vec::new();
-    for id in 1..=args.masters {
-        let mut config = NodeConfig::new(id, root.join(format!("m{id}")), "127.0.0.1:0".parse()?);
-        config.fsync = !args.no_fsync;
-        nodes.push(StoreNode::start(config).await?);
-    }
-    nodes[0].initialize().await?;
-    for node in &nodes[1..] {
-        nodes[0].add_learner(node.id(), node.addr()).await?;
-        nodes[0].promote(&[node.id()]).await?;
-    }
-    control_plane::ensure_namespaces(&Registry::new(nodes[0].clone()))
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let nodes = orch_benches::start_store_cluster(args.masters, root, !args.no_fsync).await?;
     let mut addrs = Vec::new();
     let mut servers = Vec::new();
     for node in &nodes {

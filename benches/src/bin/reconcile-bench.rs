@@ -34,8 +34,8 @@ use hyper_util::rt::TokioExecutor;
 use orch_core::controller::{standard_loops, LeaderLoops, LoopSettings};
 use orch_core::hollow::{HollowCluster, HollowConfig};
 use orch_core::server::{serve, ApiServer, ServerHandle};
-use orch_core::{control_plane, Client, Registry};
-use orch_raft_store::{NodeConfig, StoreNode};
+use orch_core::{Client, Registry};
+use orch_raft_store::StoreNode;
 use serde_json::{json, Value};
 
 #[derive(Parser, Clone)]
@@ -98,20 +98,7 @@ struct Master {
 }
 
 async fn start_masters(args: &Args, root: &std::path::Path) -> Result<Vec<Master>> {
-    let mut stores = Vec::new();
-    for id in 1..=args.masters {
-        let mut config = NodeConfig::new(id, root.join(format!("m{id}")), "127.0.0.1:0".parse()?);
-        config.fsync = !args.no_fsync;
-        stores.push(StoreNode::start(config).await?);
-    }
-    stores[0].initialize().await?;
-    for store in &stores[1..] {
-        stores[0].add_learner(store.id(), store.addr()).await?;
-        stores[0].promote(&[store.id()]).await?;
-    }
-    control_plane::ensure_namespaces(&Registry::new(stores[0].clone()))
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let stores = orch_benches::start_store_cluster(args.masters, root, !args.no_fsync).await?;
     let mut masters = Vec::new();
     for store in stores {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
