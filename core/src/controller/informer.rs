@@ -295,13 +295,7 @@ where
     ) -> Cache<K> {
         let on_change: Handler<K> = Arc::new(on_change);
         let Some(shared) = self.shared.clone() else {
-            let running = self.spawn(stop);
-            running
-                .handlers
-                .write()
-                .expect("handlers lock")
-                .push(on_change);
-            return running.cache;
+            return self.spawn(stop, on_change).cache;
         };
         let key = (TypeId::of::<K>(), self.namespace.clone());
         let (running, joined) = {
@@ -309,7 +303,9 @@ where
             match all.get(&key).and_then(|r| r.downcast_ref::<Running<K>>()) {
                 Some(running) => (running.clone(), true),
                 None => {
-                    let running = self.clone_config().spawn(shared.stop.clone());
+                    let running = self
+                        .clone_config()
+                        .spawn(shared.stop.clone(), on_change.clone());
                     all.insert(key, Box::new(running.clone()));
                     (running, false)
                 }
@@ -321,14 +317,15 @@ where
                 contents.add_index(name, indexer);
             }
         }
-        // Register, then replay what is cached already (a change racing
-        // with the replay is seen twice, which queues are made for).
-        running
-            .handlers
-            .write()
-            .expect("handlers lock")
-            .push(on_change.clone());
+        // Joining: register, then replay what is cached already (a change
+        // racing with the replay is seen twice, which queues are made for).
+        // The informer's first handler was registered before it started.
         if joined {
+            running
+                .handlers
+                .write()
+                .expect("handlers lock")
+                .push(on_change.clone());
             for object in running.cache.list() {
                 on_change(&object);
             }
@@ -345,7 +342,9 @@ where
         }
     }
 
-    fn spawn(self, stop: CancellationToken) -> Running<K> {
+    /// Starts the informer with its first handler already registered, so
+    /// the first list's announcements reach it.
+    fn spawn(self, stop: CancellationToken, first: Handler<K>) -> Running<K> {
         let mut contents = Contents {
             objects: HashMap::new(),
             indexers: Vec::new(),
@@ -362,7 +361,7 @@ where
             ready,
             revision,
         };
-        let handlers: Arc<RwLock<Vec<Handler<K>>>> = Arc::default();
+        let handlers: Arc<RwLock<Vec<Handler<K>>>> = Arc::new(RwLock::new(vec![first]));
         let run = run(
             self.client,
             self.namespace,
