@@ -31,3 +31,43 @@ pub async fn start_store_cluster(
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(stores)
 }
+
+/// A pooled HTTP/1.1 client of the API servers.
+pub type HttpClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Full<bytes::Bytes>,
+>;
+
+/// An HTTP client keeping up to `max_idle` connections per API server,
+/// with Nagle off (small requests, measured latency).
+pub fn http_client(max_idle: usize) -> HttpClient {
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_nodelay(true);
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_max_idle_per_host(max_idle)
+        .build(connector)
+}
+
+/// Sends a JSON request; returns the status and the whole body.
+pub async fn request(
+    client: &HttpClient,
+    method: &str,
+    url: &str,
+    body: Vec<u8>,
+) -> anyhow::Result<(u16, bytes::Bytes)> {
+    use http_body_util::BodyExt;
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(url)
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))?;
+    let resp = client.request(req).await?;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok((status, body))
+}
+
+/// Quantile `q` of a histogram of microseconds, in milliseconds.
+pub fn quantile_ms(h: &hdrhistogram::Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
+}

@@ -13,6 +13,7 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+use orch_benches::{http_client, quantile_ms, request, HttpClient};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,8 +22,6 @@ use bytes::Bytes;
 use clap::Parser;
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
 use orch_core::server::{serve, ApiServer};
 use orch_core::Registry;
 use orch_raft_store::StoreNode;
@@ -54,8 +53,6 @@ struct Args {
     no_fsync: bool,
 }
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
-
 fn pod(name: &str, sent_nanos: u128) -> Vec<u8> {
     json!({
         "apiVersion": "v1",
@@ -66,27 +63,6 @@ fn pod(name: &str, sent_nanos: u128) -> Vec<u8> {
     })
     .to_string()
     .into_bytes()
-}
-
-async fn request(
-    client: &HttpClient,
-    method: &str,
-    url: &str,
-    body: Vec<u8>,
-) -> Result<(u16, Bytes)> {
-    let req = hyper::Request::builder()
-        .method(method)
-        .uri(url)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body)))?;
-    let resp = client.request(req).await?;
-    let status = resp.status().as_u16();
-    let body = resp.into_body().collect().await?.to_bytes();
-    Ok((status, body))
-}
-
-fn millis(h: &Histogram<u64>, q: f64) -> f64 {
-    h.value_at_quantile(q) as f64 / 1000.0
 }
 
 async fn start_masters(
@@ -168,11 +144,7 @@ async fn main() -> Result<()> {
     println!("everything in one process on loopback: store members, API servers (HTTP/1.1 JSON) and clients");
     let root = tempfile::tempdir()?;
     let (nodes, addrs, servers) = start_masters(&args, root.path()).await?;
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    let client: HttpClient = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(args.clients)
-        .build(connector);
+    let client = http_client(args.clients);
 
     // Creates.
     let (creates, took) = create_phase(
@@ -187,8 +159,8 @@ async fn main() -> Result<()> {
     println!(
         "create  : {:>8.0} creates/s  p50 {:>7.2} ms  p99 {:>7.2} ms  ({} pods in {:.1} s)",
         args.objects as f64 / took.as_secs_f64(),
-        millis(&creates, 0.5),
-        millis(&creates, 0.99),
+        quantile_ms(&creates, 0.5),
+        quantile_ms(&creates, 0.99),
         args.objects,
         took.as_secs_f64()
     );
@@ -212,7 +184,7 @@ async fn main() -> Result<()> {
     }
     println!(
         "list    : {count} pods per list  p50 {:>7.1} ms  max {:>7.1} ms  ({} lists)",
-        millis(&lists, 0.5),
+        quantile_ms(&lists, 0.5),
         lists.max() as f64 / 1000.0,
         args.lists
     );
@@ -282,8 +254,8 @@ async fn main() -> Result<()> {
     let delays = tokio::time::timeout(Duration::from_secs(60), watcher).await???;
     println!(
         "watch   : event delay p50 {:>7.2} ms  p99 {:>7.2} ms  ({} ADDED events, watcher on master {}, creates through all)",
-        millis(&delays, 0.5),
-        millis(&delays, 0.99),
+        quantile_ms(&delays, 0.5),
+        quantile_ms(&delays, 0.99),
         delays.len(),
         addrs.len()
     );

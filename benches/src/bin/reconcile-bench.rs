@@ -19,6 +19,7 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+use orch_benches::{http_client, quantile_ms, request, HttpClient};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -29,8 +30,6 @@ use bytes::Bytes;
 use clap::Parser;
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::{connect::HttpConnector, Client as HyperClient};
-use hyper_util::rt::TokioExecutor;
 use orch_core::controller::{standard_loops, LeaderLoops, LoopSettings};
 use orch_core::hollow::{HollowCluster, HollowConfig};
 use orch_core::server::{serve, ApiServer, ServerHandle};
@@ -87,8 +86,6 @@ struct Args {
     loop_workers: Option<usize>,
 }
 
-type HttpClient = HyperClient<HttpConnector, Full<Bytes>>;
-
 /// A master: store member, API server, loops.
 struct Master {
     store: StoreNode,
@@ -120,23 +117,6 @@ async fn start_masters(args: &Args, root: &std::path::Path) -> Result<Vec<Master
         });
     }
     Ok(masters)
-}
-
-async fn request(
-    client: &HttpClient,
-    method: &str,
-    url: &str,
-    body: Vec<u8>,
-) -> Result<(u16, Bytes)> {
-    let req = hyper::Request::builder()
-        .method(method)
-        .uri(url)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body)))?;
-    let resp = client.request(req).await?;
-    let status = resp.status().as_u16();
-    let body = resp.into_body().collect().await?.to_bytes();
-    Ok((status, body))
 }
 
 fn deployment(name: &str, replicas: usize) -> Vec<u8> {
@@ -265,10 +245,6 @@ async fn watch_pods(client: HttpClient, addr: String, observed: Arc<Mutex<Observ
         }
         eprintln!("pod watch ended; resuming");
     }
-}
-
-fn ms(h: &Histogram<u64>, q: f64) -> f64 {
-    h.value_at_quantile(q) as f64 / 1000.0
 }
 
 fn proc_status_kib(field: &str) -> u64 {
@@ -420,11 +396,7 @@ async fn main() -> Result<()> {
         registering.elapsed().as_secs_f64()
     );
 
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    let http: HttpClient = HyperClient::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(args.creators.max(4))
-        .build(connector);
+    let http = http_client(args.creators.max(4));
 
     // The watch starts at the current revision, before any bench pod.
     let (status, body) = request(
@@ -567,21 +539,21 @@ async fn main() -> Result<()> {
     );
     println!(
         "scheduling  : p50 {:>8.1} ms  p99 {:>8.1} ms  max {:>8.1} ms  (pod first seen → first seen bound, by a watch on master {})",
-        ms(&scheduling, 0.5),
-        ms(&scheduling, 0.99),
+        quantile_ms(&scheduling, 0.5),
+        quantile_ms(&scheduling, 0.99),
         scheduling.max() as f64 / 1000.0,
         follower + 1
     );
     println!(
         "create→Run  : p50 {:>8.1} ms  p99 {:>8.1} ms  max {:>8.1} ms  (pod first seen → first seen Running, same watch)",
-        ms(&to_running, 0.5),
-        ms(&to_running, 0.99),
+        quantile_ms(&to_running, 0.5),
+        quantile_ms(&to_running, 0.99),
         to_running.max() as f64 / 1000.0
     );
     println!(
         "hollow node : bound→Running written p50 {:>8.1} ms  p99 {:>8.1} ms  ({} pods started, {} status errors, {} lease renewals, {} lease errors)",
-        ms(&hollow_side, 0.5),
-        ms(&hollow_side, 0.99),
+        quantile_ms(&hollow_side, 0.5),
+        quantile_ms(&hollow_side, 0.99),
         stats.pods_started,
         stats.pod_errors,
         stats.lease_renewals,
