@@ -177,13 +177,7 @@ where
             // owner is alive. Only the others are queued.
             let deleting = meta.deletion_timestamp.is_some();
             let owners_alive = owners.clone().all(|owner| {
-                all.iter()
-                    .find(|w| w.kind() == owner.kind)
-                    .and_then(|w| w.meta(&util::key(Some(namespace), &owner.name)))
-                    .is_some_and(|m| {
-                        m.uid.as_deref() == Some(owner.uid.as_str())
-                            && m.deletion_timestamp.is_none()
-                    })
+                cached_owner(all, namespace, owner).is_some_and(|m| m.deletion_timestamp.is_none())
             });
             if deleting || !owners_alive {
                 queue.add(queue_key(K::KIND, namespace, name));
@@ -443,17 +437,28 @@ enum OwnerState {
 
 /// Looks an owner up: in the caches first, then by a GET (the caches may
 /// not have seen a new owner yet), comparing uids.
+/// The owner as the caches have it, if they hold that very object (same
+/// uid).
+fn cached_owner(
+    kinds: &[Arc<dyn Watched>],
+    namespace: &str,
+    owner: &OwnerReference,
+) -> Option<ObjectMeta> {
+    kinds
+        .iter()
+        .find(|w| w.kind() == owner.kind)?
+        .meta(&util::key(Some(namespace), &owner.name))
+        .filter(|m| m.uid.as_deref() == Some(owner.uid.as_str()))
+}
+
 async fn owner_state(
     client: &Client,
     kinds: &[Arc<dyn Watched>],
     namespace: &str,
     owner: &OwnerReference,
 ) -> Result<OwnerState, ApiError> {
-    if let Some(w) = kinds.iter().find(|w| w.kind() == owner.kind) {
-        let cached = w.meta(&util::key(Some(namespace), &owner.name));
-        if cached.and_then(|m| m.uid).as_deref() == Some(owner.uid.as_str()) {
-            return Ok(OwnerState::Exists);
-        }
+    if cached_owner(kinds, namespace, owner).is_some() {
+        return Ok(OwnerState::Exists);
     }
     Ok(
         match live_uid(
