@@ -62,6 +62,19 @@ pub struct ContainerConfig {
     /// How many times this container was restarted before: names its log file
     /// and keeps attempts apart.
     pub attempt: u32,
+    /// Host paths bind-mounted into the container (the pod's volumes).
+    pub mounts: Vec<BindMount>,
+}
+
+/// A host path bind-mounted into a container: how a pod's volume reaches it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BindMount {
+    /// The host path (a file or a directory).
+    pub source: std::path::PathBuf,
+    /// The absolute path in the container.
+    pub destination: String,
+    /// Mounted read-only.
+    pub read_only: bool,
 }
 
 /// Validates a container name: it becomes part of paths and ids.
@@ -266,6 +279,32 @@ pub fn build(config: &ContainerConfig, inputs: &SpecInputs<'_>) -> Result<Value>
         resources["memory"] = json!({ "limit": limit });
     }
 
+    let mut mounts = vec![
+        json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]}),
+        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
+        json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}),
+        json!({"destination": "/etc/hostname", "type": "bind", "source": inputs.sandbox.hostname_file().display().to_string(), "options": ["rbind", "ro"]}),
+        json!({"destination": "/etc/hosts", "type": "bind", "source": inputs.sandbox.hosts_file().display().to_string(), "options": ["rbind", "rw"]}),
+    ];
+    for mount in &config.mounts {
+        if !mount.destination.starts_with('/') {
+            return Err(PodError::InvalidConfig(format!(
+                "container {:?}: mount path {:?} is not absolute",
+                config.name, mount.destination
+            )));
+        }
+        let mode = if mount.read_only { "ro" } else { "rw" };
+        mounts.push(json!({
+            "destination": mount.destination,
+            "type": "bind",
+            "source": mount.source.display().to_string(),
+            "options": ["rbind", mode],
+        }));
+    }
+
     let caps: Vec<&str> = DEFAULT_CAPABILITIES.to_vec();
     let sandbox = inputs.sandbox;
     let ns = |kind: &str, file: &str| json!({"type": kind, "path": sandbox.ns_path(file).display().to_string()});
@@ -283,16 +322,7 @@ pub fn build(config: &ContainerConfig, inputs: &SpecInputs<'_>) -> Result<Value>
             },
             "noNewPrivileges": false,
         },
-        "mounts": [
-            {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
-            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-            {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
-            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
-            {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]},
-            {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
-            {"destination": "/etc/hostname", "type": "bind", "source": sandbox.hostname_file().display().to_string(), "options": ["rbind", "ro"]},
-            {"destination": "/etc/hosts", "type": "bind", "source": sandbox.hosts_file().display().to_string(), "options": ["rbind", "rw"]},
-        ],
+        "mounts": mounts,
         "linux": {
             "cgroupsPath": inputs.cgroups_path.display().to_string(),
             "resources": resources,
