@@ -107,6 +107,41 @@ fn collection_path<K: K8sResource>(namespace: Option<&str>) -> Result<String, Ap
     })
 }
 
+/// Label and field selectors of a list or watch, in the API's syntax
+/// (`app=web,tier!=db`, `spec.nodeName=n1`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selectors {
+    /// `labelSelector`.
+    pub labels: Option<String>,
+    /// `fieldSelector`.
+    pub fields: Option<String>,
+}
+
+impl Selectors {
+    /// Selects by field only.
+    pub fn fields(selector: impl Into<String>) -> Self {
+        Selectors {
+            labels: None,
+            fields: Some(selector.into()),
+        }
+    }
+
+    /// The query parameters, led by `first` (`?` or `&`), or nothing.
+    fn query(&self, first: char) -> String {
+        let mut query = String::new();
+        for (name, value) in [
+            ("labelSelector", &self.labels),
+            ("fieldSelector", &self.fields),
+        ] {
+            if let Some(value) = value {
+                query.push(if query.is_empty() { first } else { '&' });
+                query.push_str(&format!("{name}={}", percent_encode(value)));
+            }
+        }
+        query
+    }
+}
+
 fn percent_encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
@@ -137,6 +172,15 @@ impl Client {
                 base: format!("http://{}", addr.into()),
                 http,
             }),
+        }
+    }
+
+    /// The `host:port` of the API server an HTTP client talks to (`None`
+    /// in process).
+    pub fn address(&self) -> Option<String> {
+        match &*self.transport {
+            Transport::Http { base, .. } => base.strip_prefix("http://").map(str::to_string),
+            Transport::InProcess(_) => None,
         }
     }
 
@@ -262,10 +306,21 @@ impl Client {
         namespace: Option<&str>,
         label_selector: Option<&str>,
     ) -> Result<(Vec<K>, String), ApiError> {
-        let mut path = list_path::<K>(namespace)?;
-        if let Some(selector) = label_selector {
-            path = format!("{path}?labelSelector={}", percent_encode(selector));
-        }
+        let selectors = Selectors {
+            labels: label_selector.map(str::to_string),
+            fields: None,
+        };
+        self.list_selected(namespace, &selectors).await
+    }
+
+    /// Lists the objects that match `selectors` (of one namespace, or of
+    /// all with `None`); returns them with the list's resourceVersion.
+    pub async fn list_selected<K: K8sResource + DeserializeOwned>(
+        &self,
+        namespace: Option<&str>,
+        selectors: &Selectors,
+    ) -> Result<(Vec<K>, String), ApiError> {
+        let path = format!("{}{}", list_path::<K>(namespace)?, selectors.query('?'));
         let list: Value = self
             .call(Method::GET, &path, "application/json", Vec::new())
             .await?;
@@ -362,10 +417,24 @@ impl Client {
         resource_version: &str,
     ) -> Result<impl Stream<Item = Result<(EventType, K), ApiError>> + Send + 'static, ApiError>
     {
+        self.watch_selected(namespace, resource_version, &Selectors::default())
+            .await
+    }
+
+    /// Watches the objects that match `selectors` after
+    /// `resource_version`, as [`Client::watch`] does.
+    pub async fn watch_selected<K: K8sResource + DeserializeOwned + Send + 'static>(
+        &self,
+        namespace: Option<&str>,
+        resource_version: &str,
+        selectors: &Selectors,
+    ) -> Result<impl Stream<Item = Result<(EventType, K), ApiError>> + Send + 'static, ApiError>
+    {
         let path = format!(
-            "{}?watch=1&resourceVersion={}",
+            "{}?watch=1&resourceVersion={}{}",
             list_path::<K>(namespace)?,
-            percent_encode(resource_version)
+            percent_encode(resource_version),
+            selectors.query('&')
         );
         let body = self
             .send(Method::GET, &path, "application/json", Vec::new())

@@ -15,6 +15,7 @@ pub mod control_plane;
 pub mod controller;
 pub mod defaults;
 pub mod error;
+pub mod heartbeat;
 pub mod hollow;
 pub mod object;
 pub mod patch;

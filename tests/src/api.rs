@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use orch_core::controller::LoopSettings;
 use orch_core::{ControlPlane, ControlPlaneConfig};
 use tempfile::TempDir;
 
@@ -76,13 +77,19 @@ pub struct KubectlOutput {
 }
 
 impl TestApi {
-    /// Starts a control plane on loopback ports.
+    /// Starts a control plane on loopback ports, without control loops
+    /// (API tests, and tests that run a loop by hand).
     pub async fn start() -> TestApi {
+        TestApi::start_with_loops(None).await
+    }
+
+    /// Starts a control plane on loopback ports running `loops` (the
+    /// scheduler and every controller) while it leads.
+    pub async fn start_with_loops(loops: Option<LoopSettings>) -> TestApi {
         crate::init_logging();
         let dir = tempfile::tempdir().expect("temp dir");
-        // No control loops: API tests, and tests that run a loop by hand.
         let plane = ControlPlane::start_single(ControlPlaneConfig {
-            loops: None,
+            loops,
             ..ControlPlaneConfig::local(1, dir.path().join("store"))
         })
         .await

@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::Client;
+use crate::client::{Client, Selectors};
 use crate::registry::EventType;
 
 /// `namespace/name` (or `name` for cluster-scoped objects).
@@ -239,6 +239,7 @@ impl SharedInformers {
 pub struct Informer<K> {
     client: Client,
     namespace: Option<String>,
+    selectors: Selectors,
     indexers: Vec<(&'static str, Indexer<K>)>,
     shared: Option<SharedInformers>,
 }
@@ -252,6 +253,7 @@ where
         Informer {
             client,
             namespace: None,
+            selectors: Selectors::default(),
             indexers: Vec::new(),
             shared: None,
         }
@@ -270,6 +272,13 @@ where
     /// Restricts the informer to one namespace.
     pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
         self.namespace = Some(namespace.into());
+        self
+    }
+
+    /// Restricts the informer to the objects matching `selectors` (not
+    /// for shared informers: they are keyed by kind and namespace only).
+    pub fn select(mut self, selectors: Selectors) -> Self {
+        self.selectors = selectors;
         self
     }
 
@@ -337,6 +346,7 @@ where
         Informer {
             client: self.client.clone(),
             namespace: self.namespace.clone(),
+            selectors: self.selectors.clone(),
             indexers: self.indexers.clone(),
             shared: None,
         }
@@ -365,6 +375,7 @@ where
         let run = run(
             self.client,
             self.namespace,
+            self.selectors,
             contents,
             ready_tx,
             revision_tx,
@@ -390,6 +401,7 @@ fn announce<K>(handlers: &RwLock<Vec<Handler<K>>>, object: &K) {
 async fn run<K>(
     client: Client,
     namespace: Option<String>,
+    selectors: Selectors,
     contents: Arc<RwLock<Contents<K>>>,
     ready: watch::Sender<bool>,
     revision: watch::Sender<u64>,
@@ -399,7 +411,10 @@ async fn run<K>(
 {
     loop {
         // Full list: replace the cache, announce everything that changed.
-        let (items, rv) = match client.list::<K>(namespace.as_deref(), None).await {
+        let (items, rv) = match client
+            .list_selected::<K>(namespace.as_deref(), &selectors)
+            .await
+        {
             Ok(listed) => listed,
             Err(e) => {
                 tracing::warn!(kind = K::KIND, error = %e, "informer list failed; retrying");
@@ -438,7 +453,10 @@ async fn run<K>(
         }
         ready.send_replace(true);
         // Follow the watch until it breaks or is compacted away.
-        let mut stream = match client.watch::<K>(namespace.as_deref(), &rv).await {
+        let mut stream = match client
+            .watch_selected::<K>(namespace.as_deref(), &rv, &selectors)
+            .await
+        {
             Ok(stream) => Box::pin(stream),
             Err(e) => {
                 tracing::warn!(kind = K::KIND, error = %e, "informer watch failed; re-listing");

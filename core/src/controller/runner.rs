@@ -36,6 +36,10 @@ pub enum ReconcileError {
     /// in its cache).
     #[error("cache not current: {0}")]
     Stale(String),
+    /// A step outside the API failed (e.g. a node agent's work on its
+    /// host).
+    #[error("{0}")]
+    Local(String),
 }
 
 /// Upper bounds (milliseconds) of the reconcile latency histogram.

@@ -288,6 +288,29 @@ pub async fn record_event<K: Resource + Metadata<Ty = ObjectMeta>>(
     reason: &str,
     message: &str,
 ) {
+    record_event_from(
+        client,
+        "orch-controller-manager",
+        None,
+        object,
+        type_,
+        reason,
+        message,
+    )
+    .await
+}
+
+/// Records an Event as [`record_event`] does, from `component` (e.g.
+/// `kubelet`) on `host` (a node name).
+pub async fn record_event_from<K: Resource + Metadata<Ty = ObjectMeta>>(
+    client: &Client,
+    component: &str,
+    host: Option<&str>,
+    object: &K,
+    type_: &str,
+    reason: &str,
+    message: &str,
+) {
     use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
     let meta = object.metadata();
     let namespace = meta.namespace.clone().unwrap_or_else(|| "default".into());
@@ -312,10 +335,11 @@ pub async fn record_event<K: Resource + Metadata<Ty = ObjectMeta>>(
         message: Some(message.to_string()),
         type_: Some(type_.to_string()),
         source: Some(EventSource {
-            component: Some("orch-controller-manager".into()),
-            host: None,
+            component: Some(component.into()),
+            host: host.map(str::to_string),
         }),
-        reporting_component: Some("orch-controller-manager".into()),
+        reporting_component: Some(component.into()),
+        reporting_instance: host.map(str::to_string),
         first_timestamp: Some(now.clone()),
         last_timestamp: Some(now),
         count: Some(1),

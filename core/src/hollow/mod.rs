@@ -32,8 +32,7 @@ use crate::controller::{Backoff, Cache, ObjectKey, Queue};
 use crate::error::ApiError;
 use endpoints::Endpoints;
 
-/// The namespace of the nodes' heartbeat Leases.
-pub const LEASE_NAMESPACE: &str = "kube-node-lease";
+pub use crate::heartbeat::LEASE_NAMESPACE;
 
 /// The pod cache index by `spec.nodeName`.
 pub const BY_NODE: &str = "node";

@@ -8,6 +8,7 @@ use k8s_openapi::api::core::v1::Pod;
 use serde_json::{json, Value};
 
 use super::HollowConfig;
+pub use crate::heartbeat::{lease, lease_spec, node_conditions, now_micro};
 use crate::object;
 
 /// The kubelet version hollow nodes report.
@@ -15,18 +16,6 @@ pub const KUBELET_VERSION: &str = "v1.33.0-orch-hollow";
 
 /// The label every hollow Node carries (value `"true"`).
 pub const HOLLOW_LABEL: &str = "orch.dev/hollow";
-
-/// Now, as a MicroTime (microseconds), e.g. a Lease's renewTime.
-pub fn now_micro() -> String {
-    let micros = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0);
-    k8s_openapi::jiff::Timestamp::from_microsecond(micros)
-        .ok()
-        .and_then(|t| k8s_openapi::jiff::fmt::strtime::format("%Y-%m-%dT%H:%M:%S%.6fZ", t).ok())
-        .unwrap_or_else(object::now_rfc3339)
-}
 
 /// The fake InternalIP of the hollow node with index `index`
 /// (172.16.0.0/12).
@@ -60,42 +49,6 @@ fn parse_cidr(cidr: &str) -> Option<(Ipv4Addr, u8)> {
         u32::MAX << (32 - prefix)
     };
     Some((Ipv4Addr::from(u32::from(addr) & mask), prefix))
-}
-
-/// The Ready condition (and the pressure conditions) of a healthy node.
-pub fn node_conditions(now: &str) -> Value {
-    let condition = |type_: &str, status: &str, reason: &str, message: &str| {
-        json!({
-            "type": type_, "status": status, "reason": reason, "message": message,
-            "lastHeartbeatTime": now, "lastTransitionTime": now,
-        })
-    };
-    json!([
-        condition(
-            "MemoryPressure",
-            "False",
-            "KubeletHasSufficientMemory",
-            "kubelet has sufficient memory available"
-        ),
-        condition(
-            "DiskPressure",
-            "False",
-            "KubeletHasNoDiskPressure",
-            "kubelet has no disk pressure"
-        ),
-        condition(
-            "PIDPressure",
-            "False",
-            "KubeletHasSufficientPID",
-            "kubelet has sufficient PID available"
-        ),
-        condition(
-            "Ready",
-            "True",
-            "KubeletReady",
-            "kubelet is posting ready status"
-        ),
-    ])
 }
 
 /// The status of a hollow node.
@@ -148,30 +101,6 @@ pub fn node(config: &HollowConfig, name: &str, index: u64) -> Value {
         "spec": {},
         "status": node_status(config, name, index),
     })
-}
-
-/// The spec of a node's Lease, renewed now.
-pub fn lease_spec(name: &str, duration_seconds: i32) -> Value {
-    json!({
-        "holderIdentity": name,
-        "leaseDurationSeconds": duration_seconds,
-        "renewTime": now_micro(),
-    })
-}
-
-/// The Lease of node `name` in `kube-node-lease`, owned by its Node.
-pub fn lease(name: &str, node_uid: Option<&str>, duration_seconds: i32) -> Value {
-    let mut lease = json!({
-        "apiVersion": "coordination.k8s.io/v1",
-        "kind": "Lease",
-        "metadata": {"name": name, "namespace": super::LEASE_NAMESPACE},
-        "spec": lease_spec(name, duration_seconds),
-    });
-    if let Some(uid) = node_uid {
-        lease["metadata"]["ownerReferences"] =
-            json!([{"apiVersion": "v1", "kind": "Node", "name": name, "uid": uid}]);
-    }
-    lease
 }
 
 /// A pod's status once its hollow node has "started" it: Running, every

@@ -21,6 +21,17 @@ fn age(object: &Value) -> String {
     }
 }
 
+/// How long ago an Event was last seen (its lastTimestamp, else eventTime,
+/// else its creation).
+fn event_last_seen(event: &Value) -> String {
+    let time = ["lastTimestamp", "eventTime", "firstTimestamp"]
+        .iter()
+        .find_map(|f| event[*f].as_str())
+        .map(|t| json!({"metadata": {"creationTimestamp": t}}))
+        .unwrap_or_else(|| event.clone());
+    age(&time)
+}
+
 fn column(name: &str, kind: &str, priority: i64) -> Value {
     json!({"name": name, "type": kind, "format": if name == "Name" { "name" } else { "" }, "description": "", "priority": priority})
 }
@@ -37,6 +48,51 @@ fn or_none(value: String) -> String {
     }
 }
 
+/// The STATUS kubectl prints for a pod: the phase, unless an init
+/// container is still due (`Init:1/2`, or its waiting reason), or a
+/// container waits (`CrashLoopBackOff`) or ended with a reason
+/// (`Completed`, `Error`, `OOMKilled`).
+fn pod_status_cell(pod: &Value, statuses: &[Value]) -> String {
+    let phase = pod["status"]["phase"].as_str().unwrap_or("Pending");
+    let inits = pod["status"]["initContainerStatuses"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let init_total = pod["spec"]["initContainers"]
+        .as_array()
+        .map_or(0, |c| c.len());
+    let init_done = inits
+        .iter()
+        .filter(|s| s["state"]["terminated"]["exitCode"] == json!(0))
+        .count();
+    if init_total > 0 && init_done < init_total && phase != "Failed" {
+        let waiting = inits.iter().find_map(|s| {
+            s["state"]["waiting"]["reason"]
+                .as_str()
+                .filter(|r| *r != "PodInitializing")
+        });
+        return match waiting {
+            Some(reason) => format!("Init:{reason}"),
+            None => format!("Init:{init_done}/{init_total}"),
+        };
+    }
+    if let Some(failed) = inits.iter().find_map(|s| {
+        let t = &s["state"]["terminated"];
+        (t["exitCode"].as_i64().unwrap_or(0) != 0).then(|| t["reason"].as_str().unwrap_or("Error"))
+    }) {
+        return format!("Init:{failed}");
+    }
+    let waiting = statuses.iter().find_map(|s| {
+        s["state"]["waiting"]["reason"]
+            .as_str()
+            .filter(|r| !r.is_empty())
+    });
+    let terminated = statuses
+        .iter()
+        .find_map(|s| s["state"]["terminated"]["reason"].as_str());
+    waiting.or(terminated).unwrap_or(phase).to_string()
+}
+
 fn pod_cells(pod: &Value) -> Vec<Value> {
     let statuses = pod["status"]["containerStatuses"]
         .as_array()
@@ -51,15 +107,7 @@ fn pod_cells(pod: &Value) -> Vec<Value> {
         .iter()
         .map(|s| s["restartCount"].as_i64().unwrap_or(0))
         .sum();
-    let waiting = statuses
-        .iter()
-        .find_map(|s| s["state"]["waiting"]["reason"].as_str().map(String::from));
-    let mut status = waiting.unwrap_or_else(|| {
-        pod["status"]["phase"]
-            .as_str()
-            .unwrap_or("Pending")
-            .to_string()
-    });
+    let mut status = pod_status_cell(pod, &statuses);
     if pod["metadata"]["deletionTimestamp"].is_string() {
         status = "Terminating".into();
     }
@@ -263,6 +311,31 @@ fn columns_and_cells(resource: &Resource, object: &Value) -> (Vec<Value>, Vec<Va
                 json!(i(&object["status"]["replicas"])),
                 json!(i(&object["status"]["readyReplicas"])),
                 json!(age(object)),
+            ],
+        ),
+        "Event" => (
+            vec![
+                column("Last Seen", "string", 0),
+                column("Type", "string", 0),
+                column("Reason", "string", 0),
+                column("Object", "string", 0),
+                column("Message", "string", 0),
+                column("Name", "string", 1),
+            ],
+            vec![
+                json!(event_last_seen(object)),
+                json!(str_of(&object["type"])),
+                json!(str_of(&object["reason"])),
+                json!(format!(
+                    "{}/{}",
+                    object["involvedObject"]["kind"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_lowercase(),
+                    str_of(&object["involvedObject"]["name"])
+                )),
+                json!(str_of(&object["message"])),
+                name,
             ],
         ),
         _ => (

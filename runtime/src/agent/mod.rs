@@ -2,3 +2,246 @@
 //! its Lease, watches the pods bound to it and drives each one to its spec
 //! through the [`crate::pod`] runtime, reporting their status back through
 //! `orch-core`'s client.
+//!
+//! # Shape
+//!
+//! One pod informer (field selector `spec.nodeName=<node>`) feeds a
+//! de-duplicating queue of pod keys, drained by a few workers that call
+//! [`pods::reconcile`], never two at once for one pod. A reconcile is level
+//! triggered: it reads the pod from the cache and the pod's containers from
+//! the runtime, and does the next step (create the sandbox, pull, start the
+//! next init container or the app containers, restart a container whose
+//! back-off is over, tear down a deleted pod) and writes the status that
+//! results. Container exits wake the pod's key through a watcher task per
+//! running container; back-offs and retries come back through the queue's
+//! delayed entries. On start the agent adopts what a previous agent left
+//! running ([`crate::pod::PodRuntime::recover`]) and reconciles those pods
+//! first, so nothing runs twice and nothing is orphaned.
+
+pub mod backoff;
+pub mod cli;
+pub mod container;
+pub mod host;
+pub mod node;
+pub mod pods;
+pub mod status;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use orch_core::client::Selectors;
+use orch_core::controller::{runner, Backoff, Informer, Metrics, Queue};
+use orch_core::{ApiError, Client};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::image::{ImageError, ImageStore, RegistryOptions};
+use crate::pod::{PodError, PodRuntime, RuntimeConfig};
+pub use backoff::RestartBackoff;
+
+/// How an agent runs.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// The Node's name (Kubernetes: the host name).
+    pub node_name: String,
+    /// Where the runtime keeps pods, bundles and logs.
+    pub runtime: RuntimeConfig,
+    /// The image store's directory.
+    pub image_dir: PathBuf,
+    /// The address the control plane reaches this agent at (`None`: the
+    /// local address of the route towards the API server).
+    pub node_ip: Option<IpAddr>,
+    /// The port of the agent's own API (logs, exec), reported as the Node's
+    /// `daemonEndpoints.kubeletEndpoint.Port`.
+    pub agent_port: u16,
+    /// More labels for the Node.
+    pub labels: BTreeMap<String, String>,
+    /// Pods this node accepts (the Node's `pods` capacity).
+    pub max_pods: u32,
+    /// How often the Lease is renewed. The control plane marks a node
+    /// NotReady after its `node_monitor_grace` without renewal.
+    pub renew_interval: Duration,
+    /// The Lease's `leaseDurationSeconds`.
+    pub lease_duration_seconds: i32,
+    /// How often the Node object is checked (re-registered if deleted,
+    /// Ready posted again if marked otherwise).
+    pub status_interval: Duration,
+    /// Restart back-off of crashing containers.
+    pub restart_backoff: RestartBackoff,
+    /// How often a pod whose start failed (image pull, missing ConfigMap)
+    /// is tried again, at first; doubles up to `restart_backoff.max`.
+    pub retry_interval: Duration,
+    /// Grace period for stopping the containers of a pod whose API object
+    /// is gone (force-deleted, or deleted while the agent was down).
+    pub orphan_grace: Duration,
+    /// Registries' access.
+    pub registry: RegistryOptions,
+    /// Workers reconciling pods.
+    pub workers: usize,
+}
+
+impl AgentConfig {
+    /// An agent named `node_name` keeping everything under `data_dir`
+    /// (`run/`, `pods/`, `logs/`, `images/`), with Kubernetes' timings but
+    /// a Lease renewed twice a second.
+    pub fn new(node_name: impl Into<String>, data_dir: impl Into<PathBuf>) -> Self {
+        let data_dir = data_dir.into();
+        AgentConfig {
+            node_name: node_name.into(),
+            runtime: RuntimeConfig {
+                state_dir: data_dir.join("run"),
+                data_dir: data_dir.join("pods"),
+                log_dir: data_dir.join("logs"),
+                cgroup_parent: "orch".to_string(),
+            },
+            image_dir: data_dir.join("images"),
+            node_ip: None,
+            agent_port: 10250,
+            labels: BTreeMap::new(),
+            max_pods: 110,
+            renew_interval: Duration::from_millis(500),
+            lease_duration_seconds: 40,
+            status_interval: Duration::from_secs(2),
+            restart_backoff: RestartBackoff::default(),
+            retry_interval: Duration::from_secs(2),
+            orphan_grace: Duration::from_secs(2),
+            registry: RegistryOptions::default(),
+            workers: 8,
+        }
+    }
+}
+
+/// Why an agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The image store could not be opened.
+    #[error("opening the image store: {0}")]
+    Images(#[from] ImageError),
+    /// The pod runtime could not start or recover.
+    #[error("starting the pod runtime: {0}")]
+    Runtime(#[from] PodError),
+    /// The node could not be registered.
+    #[error("registering node {node}: {source}")]
+    Register {
+        /// The node's name.
+        node: String,
+        /// The API's answer.
+        source: ApiError,
+    },
+    /// The node name is not a valid Node name.
+    #[error("invalid node name {0:?}: {1}")]
+    NodeName(String, String),
+}
+
+/// A running agent.
+pub struct Agent {
+    shared: Arc<pods::Shared>,
+    tasks: JoinSet<()>,
+}
+
+impl Agent {
+    /// Starts the agent: opens the image store and the pod runtime, adopts
+    /// the pods a previous agent left, registers the Node and its Lease,
+    /// and starts following the pods bound to it.
+    pub async fn start(config: AgentConfig, client: Client) -> Result<Agent, AgentError> {
+        if let Some(reason) = orch_core::object::check_dns1123_subdomain(&config.node_name) {
+            return Err(AgentError::NodeName(config.node_name.clone(), reason));
+        }
+        let images = ImageStore::open(&config.image_dir)?;
+        let runtime = PodRuntime::start(config.runtime.clone(), images.clone())?;
+        let address = config
+            .node_ip
+            .or_else(|| client.address().and_then(|a| host::address_towards(&a)))
+            .unwrap_or(IpAddr::from([127, 0, 0, 1]))
+            .to_string();
+        let facts = host::facts(&config.runtime.data_dir);
+        let node_uid = node::register(&client, &config, &facts, &address)
+            .await
+            .map_err(|source| AgentError::Register {
+                node: config.node_name.clone(),
+                source,
+            })?;
+        tracing::info!(node = %config.node_name, %address, "node registered");
+
+        let stop = CancellationToken::new();
+        let queue = Queue::new(Backoff::default());
+        let shared = Arc::new(pods::Shared::new(
+            config.clone(),
+            client.clone(),
+            runtime,
+            images,
+            address.clone(),
+            queue.clone(),
+            stop.clone(),
+        ));
+        shared.adopt().await?;
+
+        let mut tasks = JoinSet::new();
+        tasks.spawn(node::heartbeat(
+            client.clone(),
+            config.clone(),
+            facts,
+            address,
+            node_uid,
+            stop.clone(),
+        ));
+        let on_pod = shared.clone();
+        let cache = Informer::<Pod>::new(client)
+            .select(Selectors::fields(format!(
+                "spec.nodeName={}",
+                config.node_name
+            )))
+            .start(stop.clone(), move |pod: &Pod| on_pod.pod_changed(pod));
+        shared.set_cache(cache.clone());
+        let workers = shared.clone();
+        let worker_stop = stop.clone();
+        tasks.spawn(async move {
+            let mut cache = cache;
+            tokio::select! {
+                _ = worker_stop.cancelled() => return,
+                _ = cache.wait_until_ready() => {}
+            }
+            // Adopted pods whose objects are gone get no informer event.
+            workers.queue_adopted();
+            let metrics = Arc::new(Metrics::default());
+            let shared = workers.clone();
+            let run = runner::run(
+                "agent-pods",
+                queue,
+                workers.config.workers,
+                metrics,
+                move |key| {
+                    let shared = shared.clone();
+                    async move { pods::reconcile(&shared, &key).await }
+                },
+            );
+            tokio::select! {
+                _ = worker_stop.cancelled() => {}
+                _ = run => {}
+            }
+        });
+        Ok(Agent { shared, tasks })
+    }
+
+    /// The pod runtime (for the agent's API: logs, exec).
+    pub fn runtime(&self) -> &PodRuntime {
+        &self.shared.runtime
+    }
+
+    /// The node's name.
+    pub fn node_name(&self) -> &str {
+        &self.shared.config.node_name
+    }
+
+    /// Stops following the API and renewing the Lease. Pods keep running
+    /// (a restarted agent adopts them).
+    pub async fn shutdown(mut self) {
+        self.shared.stop.cancel();
+        self.shared.queue.close();
+        while self.tasks.join_next().await.is_some() {}
+    }
+}

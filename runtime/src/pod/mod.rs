@@ -95,7 +95,7 @@ pub use container::{
 };
 pub use error::{PodError, Result};
 pub use sandbox::{Sandbox, SandboxConfig};
-pub use spec::ContainerConfig;
+pub use spec::{BindMount, ContainerConfig};
 
 use crate::image::ImageStore;
 use container::{Exits, Places};

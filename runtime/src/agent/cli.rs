@@ -1,0 +1,95 @@
+//! The command line of a stand-alone agent (`orch-agent`), until `orchd
+//! agent` wires the same [`super::Agent`].
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use super::{Agent, AgentConfig};
+
+/// Flags of `orch-agent`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "orch-agent",
+    about = "orch's node agent: runs the pods the control plane binds to this node"
+)]
+pub struct Args {
+    /// The API server (`host:port`, plain HTTP for now).
+    #[arg(long)]
+    pub server: String,
+    /// The Node's name (default: the host name).
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// Where the agent keeps images, pods, logs and runtime state.
+    #[arg(long, default_value = "/var/lib/orch/agent")]
+    pub data_dir: PathBuf,
+    /// The address the control plane reaches this node at (default: the
+    /// local address of the route to the API server).
+    #[arg(long)]
+    pub node_ip: Option<IpAddr>,
+    /// The port of the agent's own API (logs, exec).
+    #[arg(long, default_value_t = 10250)]
+    pub port: u16,
+    /// A label for the Node, `key=value` (repeatable).
+    #[arg(long = "label", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// The cgroup under which every pod's cgroup is made.
+    #[arg(long, default_value = "orch")]
+    pub cgroup_parent: String,
+    /// The first restart back-off of a crashing container, in ms (then
+    /// doubling up to 5 minutes).
+    #[arg(long, default_value_t = 10_000)]
+    pub restart_backoff_ms: u64,
+    /// A registry (`host:port`) to pull from over plain HTTP (repeatable;
+    /// registries on loopback always are).
+    #[arg(long = "insecure-registry")]
+    pub insecure_registries: Vec<String>,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("label {s:?} is not key=value"))
+}
+
+impl Args {
+    /// The agent's configuration from the flags.
+    pub fn config(&self) -> AgentConfig {
+        let name = self.node_name.clone().unwrap_or_else(|| {
+            nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().to_lowercase())
+                .unwrap_or_else(|_| "localhost".to_string())
+        });
+        let mut config = AgentConfig::new(name, &self.data_dir);
+        config.node_ip = self.node_ip;
+        config.agent_port = self.port;
+        config.labels = self.labels.iter().cloned().collect::<BTreeMap<_, _>>();
+        config.runtime.cgroup_parent = self.cgroup_parent.clone();
+        config.restart_backoff.initial = Duration::from_millis(self.restart_backoff_ms);
+        config.registry.insecure_registries = self.insecure_registries.clone();
+        config
+    }
+}
+
+/// Runs an agent from `args` until SIGTERM or SIGINT; its pods keep
+/// running after it stops. Errors are for people, one line.
+pub async fn run(args: Args) -> Result<(), String> {
+    let config = args.config();
+    let client = orch_core::Client::http(args.server.clone());
+    let agent = Agent::start(config, client)
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::info!(node = agent.node_name(), server = %args.server, "agent running");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| format!("installing a SIGTERM handler: {e}"))?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    agent.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,750 @@
+//! Driving each pod bound to this node to its spec, one reconcile at a
+//! time per pod: sandbox, image pulls, init containers in order, the app
+//! containers, restarts after their back-off, status, and teardown once
+//! the pod is deleted (or its object is gone).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Container, Pod};
+use orch_core::controller::informer::{key_of, revision_of};
+use orch_core::controller::util::record_event_from;
+use orch_core::controller::{Action, Cache, ObjectKey, Queue, ReconcileError};
+use orch_core::patch::PatchType;
+use orch_core::Client;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use super::container::container_config;
+use super::status::{self, exit_of, succeeded, Runs, StatusInputs, Waiting};
+use super::AgentConfig;
+use crate::image::{ImageStore, PullPolicy};
+use crate::pod::{BindMount, ContainerState, PodError, PodRuntime, SandboxConfig};
+
+/// The component name of the agent's Events.
+const COMPONENT: &str = "kubelet";
+
+/// How long a reconcile waits for its own status write to reach the cache.
+const OWN_WRITE_WAIT: Duration = Duration::from_secs(2);
+
+/// What the agent remembers about a pod on this host, by uid, between
+/// reconciles. Everything else is read again each time.
+#[derive(Debug, Default)]
+struct PodNotes {
+    /// The pod's `namespace/name`.
+    key: ObjectKey,
+    /// The grace period to stop it with if its object disappears.
+    grace: Duration,
+    /// Why a container is not running, by container name.
+    waiting: HashMap<String, Waiting>,
+    /// Consecutive failed starts (pull, config, create), by container name.
+    failures: HashMap<String, u32>,
+    /// When the next start of a container may be tried, by name.
+    retry_at: HashMap<String, Instant>,
+    /// The attempt from which a container's quick restarts are counted
+    /// (moved on by a run long enough to reset the back-off).
+    backoff_base: HashMap<String, u32>,
+    /// Image reference -> image id (`repository@digest`).
+    image_ids: HashMap<String, String>,
+}
+
+/// The state the pod workers share.
+pub struct Shared {
+    pub(crate) config: AgentConfig,
+    client: Client,
+    pub(crate) runtime: PodRuntime,
+    images: ImageStore,
+    host_ip: String,
+    pub(crate) queue: Queue<ObjectKey>,
+    pub(crate) stop: CancellationToken,
+    cache: OnceLock<Cache<Pod>>,
+    notes: Mutex<HashMap<String, PodNotes>>,
+    /// Ids of the containers whose exit a task is waiting for.
+    watched: Arc<Mutex<HashSet<String>>>,
+}
+
+impl Shared {
+    /// The shared state of a starting agent.
+    pub(crate) fn new(
+        config: AgentConfig,
+        client: Client,
+        runtime: PodRuntime,
+        images: ImageStore,
+        host_ip: String,
+        queue: Queue<ObjectKey>,
+        stop: CancellationToken,
+    ) -> Shared {
+        Shared {
+            config,
+            client,
+            runtime,
+            images,
+            host_ip,
+            queue,
+            stop,
+            cache: OnceLock::new(),
+            notes: Mutex::new(HashMap::new()),
+            watched: Arc::default(),
+        }
+    }
+
+    pub(crate) fn set_cache(&self, cache: Cache<Pod>) {
+        let _ = self.cache.set(cache);
+    }
+
+    /// An informer event: queue the pod.
+    pub(crate) fn pod_changed(&self, pod: &Pod) {
+        self.queue.add(key_of(&pod.metadata));
+    }
+
+    fn notes(&self) -> std::sync::MutexGuard<'_, HashMap<String, PodNotes>> {
+        self.notes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes over the pods a previous agent left on the host: remembers
+    /// them and watches their running containers' exits.
+    pub(crate) async fn adopt(&self) -> Result<(), PodError> {
+        for info in self.runtime.recover().await? {
+            let config = &info.sandbox.config;
+            let key = format!("{}/{}", config.namespace, config.name);
+            tracing::info!(pod = %key, uid = %config.uid, containers = info.containers.len(), "adopting pod");
+            let runs = Runs::of(info.containers);
+            self.watch_exits(&runs, &key);
+            self.notes().insert(
+                config.uid.clone(),
+                PodNotes {
+                    key,
+                    grace: self.config.orphan_grace,
+                    ..Default::default()
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Queues every pod the host holds (after adoption, once the informer
+    /// has listed: pods whose objects are gone get no event of their own).
+    pub(crate) fn queue_adopted(&self) {
+        let keys: Vec<ObjectKey> = self.notes().values().map(|n| n.key.clone()).collect();
+        for key in keys {
+            self.queue.add(key);
+        }
+    }
+
+    /// Starts a task per running container not yet watched that queues
+    /// the pod when the container exits.
+    fn watch_exits(&self, runs: &Runs, key: &str) {
+        for run in runs.latest.values() {
+            if !matches!(run.state, ContainerState::Running { .. }) {
+                continue;
+            }
+            let id = run.record.id.clone();
+            if !self
+                .watched
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(id.clone())
+            {
+                continue;
+            }
+            let (runtime, queue, watched, key) = (
+                self.runtime.clone(),
+                self.queue.clone(),
+                self.watched.clone(),
+                key.to_string(),
+            );
+            let stop = self.stop.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    exit = runtime.wait_exit(&id, Duration::from_secs(30 * 24 * 3600)) => {
+                        if let Ok(Some(exit)) = exit {
+                            tracing::debug!(container = %id, ?exit, "container exited");
+                        }
+                        queue.add(key);
+                    }
+                }
+                watched
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&id);
+            });
+        }
+    }
+
+    async fn event(&self, pod: &Pod, type_: &str, reason: &str, message: &str) {
+        record_event_from(
+            &self.client,
+            COMPONENT,
+            Some(&self.config.node_name),
+            pod,
+            type_,
+            reason,
+            message,
+        )
+        .await;
+    }
+}
+
+/// Reconciles the pod `key` (`namespace/name`).
+pub async fn reconcile(shared: &Shared, key: &str) -> Result<Action, ReconcileError> {
+    let Some(cache) = shared.cache.get() else {
+        return Err(ReconcileError::Stale("pod informer not started".into()));
+    };
+    let pod = cache.get(key);
+    let current_uid = pod.as_ref().and_then(|p| p.metadata.uid.clone());
+    // Pods on the host under this name that are not the current object.
+    let orphans: Vec<(String, Duration)> = shared
+        .notes()
+        .iter()
+        .filter(|(uid, notes)| notes.key == key && Some(uid.as_str()) != current_uid.as_deref())
+        .map(|(uid, notes)| (uid.clone(), notes.grace))
+        .collect();
+    for (uid, grace) in orphans {
+        tracing::info!(pod = key, %uid, "tearing down a pod whose object is gone");
+        shared
+            .runtime
+            .teardown_pod(&uid, grace, true)
+            .await
+            .map_err(local)?;
+        shared.notes().remove(&uid);
+    }
+    let Some(pod) = pod else {
+        return Ok(Action::Done);
+    };
+    if pod.metadata.deletion_timestamp.is_some() {
+        return terminate(shared, cache, &pod).await;
+    }
+    if matches!(
+        orch_core::controller::util::pod_phase(&pod),
+        "Succeeded" | "Failed"
+    ) {
+        return Ok(Action::Done);
+    }
+    sync(shared, cache, &pod).await
+}
+
+fn local(e: PodError) -> ReconcileError {
+    ReconcileError::Local(e.to_string())
+}
+
+fn grace_of(pod: &Pod) -> Duration {
+    let seconds = pod
+        .metadata
+        .deletion_grace_period_seconds
+        .or_else(|| {
+            pod.spec
+                .as_ref()
+                .and_then(|s| s.termination_grace_period_seconds)
+        })
+        .unwrap_or(30);
+    Duration::from_secs(seconds.max(0) as u64)
+}
+
+/// Stops a deleted pod's containers within its grace period, removes
+/// everything it holds on the host, then deletes its object for good.
+async fn terminate(
+    shared: &Shared,
+    cache: &Cache<Pod>,
+    pod: &Pod,
+) -> Result<Action, ReconcileError> {
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let (namespace, name) = names(pod);
+    let grace = grace_of(pod);
+    let running: Vec<String> = match shared.runtime.pod_containers(&uid).await {
+        Ok(all) => Runs::of(all)
+            .latest
+            .into_values()
+            .filter(|r| matches!(r.state, ContainerState::Running { .. }))
+            .map(|r| r.record.name)
+            .collect(),
+        Err(PodError::NotFound(_)) => Vec::new(),
+        Err(e) => return Err(local(e)),
+    };
+    for container in &running {
+        shared
+            .event(
+                pod,
+                "Normal",
+                "Killing",
+                &format!("Stopping container {container}"),
+            )
+            .await;
+    }
+    tracing::info!(pod = %format!("{namespace}/{name}"), grace_s = grace.as_secs(), "stopping pod");
+    shared
+        .runtime
+        .teardown_pod(&uid, grace, true)
+        .await
+        .map_err(local)?;
+    shared.notes().remove(&uid);
+    let options = json!({"gracePeriodSeconds": 0, "preconditions": {"uid": uid}});
+    match shared
+        .client
+        .delete_with::<Pod>(Some(&namespace), &name, &options)
+        .await
+    {
+        Ok(revision) => {
+            cache.wait_for_revision(revision, OWN_WRITE_WAIT).await;
+            Ok(Action::Done)
+        }
+        Err(e) if e.code == 404 || e.code == 409 => Ok(Action::Done),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn names(pod: &Pod) -> (String, String) {
+    (
+        pod.metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
+        pod.metadata.name.clone().unwrap_or_default(),
+    )
+}
+
+/// Whether a container whose latest run ended is started again.
+fn restarts(policy: &str, run: &crate::pod::ContainerInfo) -> bool {
+    match policy {
+        "Never" => false,
+        "OnFailure" => !succeeded(run),
+        _ => true,
+    }
+}
+
+/// One pass over a live pod: the next steps towards its spec, then its
+/// status.
+async fn sync(shared: &Shared, cache: &Cache<Pod>, pod: &Pod) -> Result<Action, ReconcileError> {
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let key = key_of(&pod.metadata);
+    let (namespace, name) = names(pod);
+    let spec = pod.spec.clone().unwrap_or_default();
+    {
+        let mut notes = shared.notes();
+        let notes = notes.entry(uid.clone()).or_default();
+        notes.key = key.clone();
+        notes.grace = grace_of(pod);
+    }
+    let sandbox = shared
+        .runtime
+        .create_sandbox(SandboxConfig {
+            uid: uid.clone(),
+            name: name.clone(),
+            namespace: namespace.clone(),
+        })
+        .await;
+    if let Err(e) = &sandbox {
+        shared
+            .event(
+                pod,
+                "Warning",
+                "FailedCreatePodSandBox",
+                &format!("Failed to create pod sandbox: {e}"),
+            )
+            .await;
+    }
+    let sandbox_ready = sandbox.is_ok();
+    let mut step = Step::default();
+    let mut forced_phase = None;
+    if sandbox_ready {
+        let runs = Runs::of(shared.runtime.pod_containers(&uid).await.map_err(local)?);
+        shared.watch_exits(&runs, &key);
+        let policy = spec
+            .restart_policy
+            .clone()
+            .unwrap_or_else(|| "Always".into());
+        let mut initialized = true;
+        for c in spec.init_containers.iter().flatten() {
+            match runs.latest.get(&c.name) {
+                Some(run) if succeeded(run) => continue,
+                None => {
+                    start(shared, pod, c, 0, &mut step).await;
+                }
+                Some(run) if exit_of(run).is_some() => {
+                    if policy == "Never" {
+                        forced_phase = Some("Failed");
+                    } else {
+                        restart(shared, pod, c, run, &mut step).await;
+                    }
+                }
+                Some(_) => {}
+            }
+            initialized = false;
+            break;
+        }
+        if initialized {
+            for c in &spec.containers {
+                match runs.latest.get(&c.name) {
+                    None => {
+                        start(shared, pod, c, 0, &mut step).await;
+                    }
+                    Some(run) if exit_of(run).is_some() && restarts(&policy, run) => {
+                        restart(shared, pod, c, run, &mut step).await
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+    } else {
+        step.wake(shared.config.retry_interval);
+    }
+    let runs = match shared.runtime.pod_containers(&uid).await {
+        Ok(all) => Runs::of(all),
+        Err(PodError::NotFound(_)) => Runs::default(),
+        Err(e) => return Err(local(e)),
+    };
+    shared.watch_exits(&runs, &key);
+    let desired = {
+        let notes = shared.notes();
+        let empty = PodNotes::default();
+        let notes = notes.get(&uid).unwrap_or(&empty);
+        let ready = HashMap::new();
+        status::pod_status(
+            pod,
+            &StatusInputs {
+                runs: &runs,
+                waiting: &notes.waiting,
+                ready: &ready,
+                sandbox_ready,
+                host_ip: &shared.host_ip,
+                pod_ip: None,
+                image_ids: &notes.image_ids,
+                forced_phase,
+            },
+        )
+    };
+    let current = serde_json::to_value(pod.status.clone().unwrap_or_default()).unwrap_or_default();
+    if !status::unchanged(&current, &desired) {
+        match shared
+            .client
+            .patch::<Pod>(
+                Some(&namespace),
+                &name,
+                Some("status"),
+                PatchType::Merge,
+                &json!({"status": desired}),
+            )
+            .await
+        {
+            Ok(written) => {
+                cache
+                    .wait_for_revision(revision_of(&written.metadata), OWN_WRITE_WAIT)
+                    .await;
+            }
+            Err(e) if e.code == 404 => return Ok(Action::Done),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(match step.wake_in {
+        Some(delay) => Action::RequeueAfter(delay),
+        None => Action::Done,
+    })
+}
+
+/// What a pass decided about when to look again.
+#[derive(Debug, Default)]
+struct Step {
+    wake_in: Option<Duration>,
+}
+
+impl Step {
+    fn wake(&mut self, delay: Duration) {
+        let delay = delay.max(Duration::from_millis(10));
+        self.wake_in = Some(self.wake_in.map_or(delay, |d| d.min(delay)));
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A container whose latest run ended: start its next run once the
+/// back-off is over, else say it is backing off.
+async fn restart(
+    shared: &Shared,
+    pod: &Pod,
+    container: &Container,
+    run: &crate::pod::ContainerInfo,
+    step: &mut Step,
+) {
+    let Some(exit) = exit_of(run) else { return };
+    let uid = run.record.pod_uid.clone();
+    let ran = Duration::from_millis(exit.finished_at_ms.saturating_sub(run.record.started_at_ms));
+    let backoff = shared.config.restart_backoff;
+    let (delay, newly_backing_off) = {
+        let mut notes = shared.notes();
+        let notes = notes.entry(uid.clone()).or_default();
+        if ran >= backoff.reset {
+            notes
+                .backoff_base
+                .insert(container.name.clone(), run.record.attempt);
+        }
+        let base = notes
+            .backoff_base
+            .get(&container.name)
+            .copied()
+            .unwrap_or(0);
+        let quick_runs = run.record.attempt + 1 - base.min(run.record.attempt);
+        let delay = backoff.delay(quick_runs, ran);
+        let waited = Duration::from_millis(now_ms().saturating_sub(exit.finished_at_ms));
+        if waited >= delay {
+            (None, false)
+        } else {
+            let (namespace, name) = names(pod);
+            let waiting = Waiting {
+                reason: "CrashLoopBackOff".into(),
+                message: format!(
+                    "back-off {}s restarting failed container={} pod={}_{}({})",
+                    delay.as_secs(),
+                    container.name,
+                    name,
+                    namespace,
+                    uid
+                ),
+            };
+            let newly = notes.waiting.get(&container.name) != Some(&waiting);
+            notes.waiting.insert(container.name.clone(), waiting);
+            (Some(delay - waited), newly)
+        }
+    };
+    match delay {
+        Some(left) => {
+            if newly_backing_off {
+                shared
+                    .event(
+                        pod,
+                        "Warning",
+                        "BackOff",
+                        &format!("Back-off restarting failed container {}", container.name),
+                    )
+                    .await;
+            }
+            step.wake(left);
+        }
+        None => {
+            let attempt = run.record.attempt + 1;
+            if start(shared, pod, container, attempt, step).await && attempt >= 2 {
+                prune(shared, &uid, &container.name, attempt - 2).await;
+            }
+        }
+    }
+}
+
+/// Removes an old run of a container (and its log): only the latest and
+/// the one before are kept (`kubectl logs --previous`).
+async fn prune(shared: &Shared, uid: &str, name: &str, attempt: u32) {
+    let id = crate::pod::container_id(uid, name, attempt);
+    match shared.runtime.container(&id).await {
+        Ok(info) => {
+            if let Err(e) = shared.runtime.remove_container(&id).await {
+                tracing::warn!(container = %id, error = %e, "removing an old run");
+            }
+            let _ = std::fs::remove_file(&info.record.log_path);
+        }
+        Err(PodError::NotFound(_)) => {}
+        Err(e) => tracing::warn!(container = %id, error = %e, "reading an old run"),
+    }
+}
+
+/// Records a failed start: the container waits with `reason`, and the
+/// next try comes after a growing delay.
+async fn start_failed(
+    shared: &Shared,
+    pod: &Pod,
+    container: &str,
+    reason: &str,
+    message: String,
+    step: &mut Step,
+) {
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let delay = {
+        let mut notes = shared.notes();
+        let notes = notes.entry(uid).or_default();
+        let failures = notes.failures.entry(container.to_string()).or_insert(0);
+        *failures += 1;
+        let doublings = (*failures - 1).min(16);
+        let delay = shared
+            .config
+            .retry_interval
+            .checked_mul(1 << doublings)
+            .unwrap_or(shared.config.restart_backoff.max)
+            .min(shared.config.restart_backoff.max);
+        notes
+            .retry_at
+            .insert(container.to_string(), Instant::now() + delay);
+        notes.waiting.insert(
+            container.to_string(),
+            Waiting {
+                reason: reason.to_string(),
+                message: message.clone(),
+            },
+        );
+        delay
+    };
+    tracing::info!(container, reason, %message, retry_in_ms = delay.as_millis() as u64, "container start failed");
+    shared.event(pod, "Warning", "Failed", &message).await;
+    step.wake(delay);
+}
+
+/// Starts run `attempt` of a container: pull, environment, mounts, create
+/// and start. Returns whether it started.
+async fn start(
+    shared: &Shared,
+    pod: &Pod,
+    container: &Container,
+    attempt: u32,
+    step: &mut Step,
+) -> bool {
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let name = container.name.as_str();
+    let retry_at = shared
+        .notes()
+        .get(&uid)
+        .and_then(|n| n.retry_at.get(name).copied());
+    if let Some(at) = retry_at {
+        let now = Instant::now();
+        if at > now {
+            step.wake(at - now);
+            return false;
+        }
+    }
+    let image = container.image.clone().unwrap_or_default();
+    let policy = match PullPolicy::for_container(container.image_pull_policy.as_deref(), &image) {
+        Ok(p) => p,
+        Err(e) => {
+            start_failed(
+                shared,
+                pod,
+                name,
+                "InvalidImageName",
+                format!("Failed to apply default image tag {image:?}: {e}"),
+                step,
+            )
+            .await;
+            return false;
+        }
+    };
+    let pulled = match shared
+        .images
+        .pull(&image, policy, &shared.config.registry)
+        .await
+    {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            let failures = shared
+                .notes()
+                .get(&uid)
+                .and_then(|n| n.failures.get(name).copied())
+                .unwrap_or(0);
+            let reason = if failures == 0 {
+                "ErrImagePull"
+            } else {
+                "ImagePullBackOff"
+            };
+            start_failed(
+                shared,
+                pod,
+                name,
+                reason,
+                format!("Failed to pull image {image:?}: {e}"),
+                step,
+            )
+            .await;
+            return false;
+        }
+    };
+    let pulled_message = if pulled.contacted_registry {
+        format!("Successfully pulled image {image:?}")
+    } else {
+        format!("Container image {image:?} already present on machine")
+    };
+    let repository = pulled
+        .image
+        .reference
+        .rsplit_once(':')
+        .filter(|(_, tag)| !tag.contains('/'))
+        .map_or(pulled.image.reference.as_str(), |(repo, _)| repo);
+    let image_id = format!("{repository}@{}", pulled.image.digest);
+    shared
+        .notes()
+        .entry(uid.clone())
+        .or_default()
+        .image_ids
+        .insert(image.clone(), image_id);
+    if attempt == 0 || pulled.contacted_registry {
+        shared.event(pod, "Normal", "Pulled", &pulled_message).await;
+    }
+    let (env, mounts) = match inputs(shared, pod, container).await {
+        Ok(inputs) => inputs,
+        Err(message) => {
+            start_failed(
+                shared,
+                pod,
+                name,
+                "CreateContainerConfigError",
+                message,
+                step,
+            )
+            .await;
+            return false;
+        }
+    };
+    let spec = pod.spec.clone().unwrap_or_default();
+    let config = container_config(
+        &spec,
+        container,
+        &pulled.image.reference,
+        attempt,
+        env,
+        mounts,
+    );
+    match shared.runtime.run_container(&uid, config).await {
+        Ok(info) => {
+            {
+                let mut notes = shared.notes();
+                let notes = notes.entry(uid.clone()).or_default();
+                notes.waiting.remove(name);
+                notes.failures.remove(name);
+                notes.retry_at.remove(name);
+            }
+            tracing::info!(container = %info.record.id, "container started");
+            shared
+                .event(
+                    pod,
+                    "Normal",
+                    "Started",
+                    &format!("Started container {name}"),
+                )
+                .await;
+            true
+        }
+        Err(e) => {
+            let reason = match e {
+                PodError::InvalidConfig(_) => "CreateContainerError",
+                _ => "RunContainerError",
+            };
+            start_failed(shared, pod, name, reason, format!("Error: {e}"), step).await;
+            false
+        }
+    }
+}
+
+/// The environment and mounts of a container, resolved now.
+async fn inputs(
+    _shared: &Shared,
+    _pod: &Pod,
+    container: &Container,
+) -> Result<(Vec<(String, String)>, Vec<BindMount>), String> {
+    let env = container
+        .env
+        .iter()
+        .flatten()
+        .filter(|e| e.value_from.is_none())
+        .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
+        .collect();
+    Ok((env, Vec::new()))
+}
