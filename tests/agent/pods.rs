@@ -303,3 +303,35 @@ async fn an_image_that_cannot_be_pulled_backs_off_with_the_registry_error() {
     let events = rig.api.kubectl_ok(&["get", "events"]).await;
     assert!(events.contains("Failed to pull image"), "{events}");
 }
+
+#[tokio::test]
+async fn pod_cpu_and_memory_usage_is_published_for_the_autoscaler() {
+    let api = orch_tests::api::TestApi::start_with_loops(Some(Default::default())).await;
+    let node = orch_tests::agent::TestNode::start(&api, "n1", &["--usage-interval-ms", "500"]);
+    let rig = Rig { api, node };
+    rig.wait_node_ready().await;
+    let yaml = manifest(
+        "burn",
+        "Always",
+        &format!(
+            "{}    resources:\n      limits:\n        cpu: 300m\n        memory: 64Mi\n",
+            container("main", "while :; do :; done")
+        ),
+    );
+    rig.apply(&yaml).await;
+    // The CFS quota holds it at 300m; samples average over half a second.
+    let pod = rig
+        .wait_pod("burn", "CPU usage near its 300m limit", Duration::from_secs(30), |p| {
+            p["metadata"]["annotations"]["orch.dev/cpu-usage-millicores"]
+                .as_str()
+                .and_then(|v| v.parse::<u64>().ok())
+                .is_some_and(|m| (200..=400).contains(&m))
+        })
+        .await;
+    let memory: u64 = pod["metadata"]["annotations"]["orch.dev/memory-usage-bytes"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(memory > 0 && memory < 64 << 20, "{memory}");
+}

@@ -43,10 +43,46 @@ pub struct Args {
     /// doubling up to 5 minutes).
     #[arg(long, default_value_t = 10_000)]
     pub restart_backoff_ms: u64,
+    /// How often pods' CPU and memory usage is sampled and published, in ms.
+    #[arg(long, default_value_t = 10_000)]
+    pub usage_interval_ms: u64,
+    /// Imports an image before starting: `PATH=NAME` for an OCI image
+    /// layout directory, or `PATH` for a docker-archive tarball (names from
+    /// the archive). Repeatable.
+    #[arg(long = "import-image")]
+    pub import_images: Vec<String>,
     /// A registry (`host:port`) to pull from over plain HTTP (repeatable;
     /// registries on loopback always are).
     #[arg(long = "insecure-registry")]
     pub insecure_registries: Vec<String>,
+}
+
+/// Imports each of `imports` (`PATH=NAME` layouts, `PATH` archives) into
+/// the image store at `dir`.
+fn import_images(dir: &std::path::Path, imports: &[String]) -> Result<(), String> {
+    if imports.is_empty() {
+        return Ok(());
+    }
+    let images = crate::image::ImageStore::open(dir).map_err(|e| e.to_string())?;
+    for import in imports {
+        let (path, name) = match import.split_once('=') {
+            Some((path, name)) => (std::path::Path::new(path), Some(name)),
+            None => (std::path::Path::new(import.as_str()), None),
+        };
+        let imported = match name {
+            Some(name) if path.is_dir() => images.import_oci_layout(path, name).map(|r| vec![r]),
+            Some(_) => Err(crate::image::ImageError::Malformed {
+                what: path.display().to_string(),
+                reason: "PATH=NAME is for OCI layout directories; give a docker archive as PATH alone".into(),
+            }),
+            None => images.import_docker_archive(path),
+        }
+        .map_err(|e| format!("importing {}: {e}", path.display()))?;
+        for image in imported {
+            tracing::info!(reference = %image.reference, digest = %image.digest, "image imported");
+        }
+    }
+    Ok(())
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -70,6 +106,7 @@ impl Args {
         config.labels = self.labels.iter().cloned().collect::<BTreeMap<_, _>>();
         config.runtime.cgroup_parent = self.cgroup_parent.clone();
         config.restart_backoff.initial = Duration::from_millis(self.restart_backoff_ms);
+        config.usage_interval = Duration::from_millis(self.usage_interval_ms.max(100));
         config.registry.insecure_registries = self.insecure_registries.clone();
         config
     }
@@ -79,6 +116,7 @@ impl Args {
 /// running after it stops. Errors are for people, one line.
 pub async fn run(args: Args) -> Result<(), String> {
     let config = args.config();
+    import_images(&config.image_dir, &args.import_images)?;
     let client = orch_core::Client::http(args.server.clone());
     let agent = Agent::start(config, client)
         .await

@@ -25,6 +25,7 @@ pub mod host;
 pub mod node;
 pub mod pods;
 pub mod status;
+pub mod usage;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -82,6 +83,9 @@ pub struct AgentConfig {
     pub registry: RegistryOptions,
     /// Workers reconciling pods.
     pub workers: usize,
+    /// How often pods' CPU and memory usage is sampled (and published when
+    /// it changed).
+    pub usage_interval: Duration,
 }
 
 impl AgentConfig {
@@ -111,6 +115,7 @@ impl AgentConfig {
             orphan_grace: Duration::from_secs(2),
             registry: RegistryOptions::default(),
             workers: 8,
+            usage_interval: Duration::from_secs(10),
         }
     }
 }
@@ -189,6 +194,7 @@ impl Agent {
             node_uid,
             stop.clone(),
         ));
+        tasks.spawn(usage::report(shared.clone(), config.usage_interval));
         let on_pod = shared.clone();
         let cache = Informer::<Pod>::new(client)
             .select(Selectors::fields(format!(

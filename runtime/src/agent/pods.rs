@@ -52,7 +52,7 @@ struct PodNotes {
 /// The state the pod workers share.
 pub struct Shared {
     pub(crate) config: AgentConfig,
-    client: Client,
+    pub(crate) client: Client,
     pub(crate) runtime: PodRuntime,
     images: ImageStore,
     host_ip: String,
@@ -121,6 +121,14 @@ impl Shared {
             );
         }
         Ok(())
+    }
+
+    /// The pods on the host: (uid, `namespace/name`).
+    pub(crate) fn pods_on_host(&self) -> Vec<(String, ObjectKey)> {
+        self.notes()
+            .iter()
+            .map(|(uid, n)| (uid.clone(), n.key.clone()))
+            .collect()
     }
 
     /// Queues every pod the host holds (after adoption, once the informer

@@ -153,6 +153,54 @@ pub fn pids(path: &Path) -> Vec<i32> {
         .unwrap_or_default()
 }
 
+/// What a cgroup's processes use, as cgroups count it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    /// CPU time used since the cgroup was made, in nanoseconds.
+    pub cpu_nanos: u64,
+    /// Memory in use less inactive file cache (the kubelet's "working set"),
+    /// in bytes.
+    pub memory_working_set_bytes: u64,
+}
+
+fn read_u64(path: &Path) -> Option<u64> {
+    fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+fn stat_field(path: &Path, key: &str) -> Option<u64> {
+    fs::read_to_string(path)
+        .ok()?
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .find(|(k, _)| *k == key)
+        .and_then(|(_, v)| v.trim().parse().ok())
+}
+
+/// The usage of the cgroup `rel` (relative to each hierarchy, e.g. a pod's
+/// [`pod_path`]), including its children; `None` if it does not exist.
+pub fn usage(rel: &Path) -> Option<Usage> {
+    let root = Path::new(CGROUP_ROOT);
+    if is_unified() {
+        let dir = root.join(rel);
+        let cpu_micros = stat_field(&dir.join("cpu.stat"), "usage_usec")?;
+        let current = read_u64(&dir.join("memory.current"))?;
+        let inactive = stat_field(&dir.join("memory.stat"), "inactive_file").unwrap_or(0);
+        return Some(Usage {
+            cpu_nanos: cpu_micros * 1000,
+            memory_working_set_bytes: current.saturating_sub(inactive),
+        });
+    }
+    let cpu_nanos = read_u64(&root.join("cpuacct").join(rel).join("cpuacct.usage"))
+        .or_else(|| read_u64(&root.join("cpu,cpuacct").join(rel).join("cpuacct.usage")))?;
+    let memory = root.join("memory").join(rel);
+    let current = read_u64(&memory.join("memory.usage_in_bytes"))?;
+    let inactive = stat_field(&memory.join("memory.stat"), "total_inactive_file").unwrap_or(0);
+    Some(Usage {
+        cpu_nanos,
+        memory_working_set_bytes: current.saturating_sub(inactive),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
