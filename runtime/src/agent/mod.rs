@@ -24,6 +24,7 @@ pub mod container;
 pub mod host;
 pub mod node;
 pub mod pods;
+pub mod probe;
 pub mod status;
 pub mod usage;
 

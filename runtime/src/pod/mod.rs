@@ -76,6 +76,7 @@ pub mod cgroup;
 mod container;
 mod error;
 mod exec;
+pub mod exec_process;
 pub mod logs;
 pub mod sandbox;
 pub mod spec;
@@ -94,6 +95,7 @@ pub use container::{
     container_id, process_alive, ContainerInfo, ContainerRecord, ContainerState, ExitInfo,
 };
 pub use error::{PodError, Result};
+pub use exec_process::{ExecError, ExecOutput, ExecProcess, ExecRequest, ExecTerminal};
 pub use sandbox::{Sandbox, SandboxConfig};
 pub use spec::{BindMount, ContainerConfig};
 
@@ -422,6 +424,32 @@ impl PodRuntime {
             Ok(())
         })
         .await
+    }
+
+    /// Runs `argv` in the running container `id` (joining its namespaces
+    /// and cgroup, as its own process' user, environment and working
+    /// directory), waits at most `timeout` for it to exit and returns its
+    /// exit code and output (each at most [`exec_process::OUTPUT_LIMIT`]
+    /// bytes). On timeout the process and its session are killed and
+    /// [`ExecError::Timeout`] is returned. See [`exec_process`].
+    pub async fn exec(
+        &self,
+        id: &str,
+        argv: Vec<String>,
+        timeout: Duration,
+    ) -> std::result::Result<ExecOutput, ExecError> {
+        exec_process::run(self, id, argv, timeout).await
+    }
+
+    /// Starts a process in the running container `id` and hands over its
+    /// stdio (pipes, or a terminal with `tty`) and its exit: what
+    /// `kubectl exec` is served with. See [`exec_process`].
+    pub async fn exec_streaming(
+        &self,
+        id: &str,
+        request: ExecRequest,
+    ) -> std::result::Result<ExecProcess, ExecError> {
+        exec_process::spawn(self, id, request).await
     }
 
     /// Finds every pod and container a previous agent left on the host, and
