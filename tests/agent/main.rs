@@ -3,6 +3,7 @@
 //! driven by the real kubectl. Needs root (namespaces, cgroups, overlayfs).
 
 mod pods;
+mod probes;
 
 use std::time::Duration;
 

@@ -21,6 +21,7 @@
 pub mod backoff;
 pub mod cli;
 pub mod container;
+pub mod health;
 pub mod host;
 pub mod node;
 pub mod pods;

@@ -17,10 +17,11 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::container::container_config;
+use super::health::HealthChecks;
 use super::status::{self, exit_of, succeeded, Runs, StatusInputs, Waiting};
 use super::AgentConfig;
 use crate::image::{ImageStore, PullPolicy};
-use crate::pod::{BindMount, ContainerState, PodError, PodRuntime, SandboxConfig};
+use crate::pod::{BindMount, ContainerState, PodError, PodRuntime, Sandbox, SandboxConfig};
 
 /// The component name of the agent's Events.
 const COMPONENT: &str = "kubelet";
@@ -62,6 +63,8 @@ pub struct Shared {
     notes: Mutex<HashMap<String, PodNotes>>,
     /// Ids of the containers whose exit a task is waiting for.
     watched: Arc<Mutex<HashSet<String>>>,
+    /// The probers of running containers.
+    health: HealthChecks,
 }
 
 impl Shared {
@@ -86,6 +89,7 @@ impl Shared {
             cache: OnceLock::new(),
             notes: Mutex::new(HashMap::new()),
             watched: Arc::default(),
+            health: HealthChecks::default(),
         }
     }
 
@@ -217,6 +221,7 @@ pub async fn reconcile(shared: &Shared, key: &str) -> Result<Action, ReconcileEr
             .await
             .map_err(local)?;
         shared.notes().remove(&uid);
+        shared.health.retain(&uid, &[]);
     }
     let Some(pod) = pod else {
         return Ok(Action::Done);
@@ -287,6 +292,7 @@ async fn terminate(
         .await
         .map_err(local)?;
     shared.notes().remove(&uid);
+    shared.health.retain(&uid, &[]);
     let options = json!({"gracePeriodSeconds": 0, "preconditions": {"uid": uid}});
     match shared
         .client
@@ -403,11 +409,14 @@ async fn sync(shared: &Shared, cache: &Cache<Pod>, pod: &Pod) -> Result<Action, 
         Err(e) => return Err(local(e)),
     };
     shared.watch_exits(&runs, &key);
+    let ready = match &sandbox {
+        Ok(sandbox) => check_health(shared, pod, sandbox, &runs, &mut step).await,
+        Err(_) => HashMap::new(),
+    };
     let desired = {
         let notes = shared.notes();
         let empty = PodNotes::default();
         let notes = notes.get(&uid).unwrap_or(&empty);
-        let ready = HashMap::new();
         status::pod_status(
             pod,
             &StatusInputs {
@@ -448,6 +457,57 @@ async fn sync(shared: &Shared, cache: &Cache<Pod>, pod: &Pod) -> Result<Action, 
         Some(delay) => Action::RequeueAfter(delay),
         None => Action::Done,
     })
+}
+
+/// Runs the probes of the pod's running app containers: readiness by
+/// container id; a container whose liveness probe failed is stopped (and
+/// then restarted by its policy).
+async fn check_health(
+    shared: &Shared,
+    pod: &Pod,
+    sandbox: &Sandbox,
+    runs: &Runs,
+    step: &mut Step,
+) -> HashMap<String, bool> {
+    let uid = sandbox.config.uid.clone();
+    let key = key_of(&pod.metadata);
+    let spec = pod.spec.clone().unwrap_or_default();
+    let mut ready = HashMap::new();
+    let mut running = Vec::new();
+    for c in &spec.containers {
+        let Some(run) = runs.latest.get(&c.name) else { continue };
+        if !matches!(run.state, ContainerState::Running { .. }) {
+            continue;
+        }
+        let id = run.record.id.clone();
+        let health = shared
+            .health
+            .check(&shared.runtime, &shared.queue, &key, sandbox, &id, c);
+        ready.insert(id.clone(), health.ready && health.started);
+        if let Some(message) = health.unhealthy {
+            shared
+                .event(pod, "Warning", "Unhealthy", &format!("Liveness probe failed: {message}"))
+                .await;
+            shared
+                .event(
+                    pod,
+                    "Normal",
+                    "Killing",
+                    &format!("Container {} failed liveness probe, will be restarted", c.name),
+                )
+                .await;
+            shared.health.forget(&id);
+            if let Err(e) = shared.runtime.stop_container(&id, grace_of(pod)).await {
+                tracing::warn!(container = %id, error = %e, "stopping an unhealthy container");
+            }
+            // Its exit watcher queues the pod; restart follows the policy.
+            step.wake(std::time::Duration::from_millis(10));
+            continue;
+        }
+        running.push(id);
+    }
+    shared.health.retain(&uid, &running);
+    ready
 }
 
 /// What a pass decided about when to look again.

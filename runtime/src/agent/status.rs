@@ -51,8 +51,9 @@ pub struct StatusInputs<'a> {
     pub runs: &'a Runs,
     /// Why containers wait, by name.
     pub waiting: &'a HashMap<String, Waiting>,
-    /// Readiness verdicts by container id (a container without a readiness
-    /// probe is ready while it runs).
+    /// Readiness by container id of the running app containers (a
+    /// container without a readiness probe is ready once started); a
+    /// container missing here is not ready.
     pub ready: &'a HashMap<String, bool>,
     /// The sandbox exists.
     pub sandbox_ready: bool,
@@ -138,7 +139,7 @@ fn container_status(container: &Container, inputs: &StatusInputs<'_>, init: bool
         status["containerID"] = json!(format!("orch://{}", latest.record.id));
         match &latest.state {
             ContainerState::Running { .. } => {
-                let ready = inputs.ready.get(&latest.record.id).copied().unwrap_or(true);
+                let ready = inputs.ready.get(&latest.record.id).copied().unwrap_or(false);
                 status["state"] =
                     json!({"running": {"startedAt": time_of_ms(latest.record.started_at_ms)}});
                 status["ready"] = json!(ready && !init);
