@@ -78,15 +78,23 @@ pub struct KubectlOutput {
 impl TestApi {
     /// Starts a control plane on loopback ports.
     pub async fn start() -> TestApi {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts a control plane on loopback ports with its settings changed
+    /// by `configure` (e.g. the agents' token).
+    pub async fn start_with(configure: impl FnOnce(&mut ControlPlaneConfig)) -> TestApi {
         crate::init_logging();
         let dir = tempfile::tempdir().expect("temp dir");
         // No control loops: API tests, and tests that run a loop by hand.
-        let plane = ControlPlane::start_single(ControlPlaneConfig {
+        let mut config = ControlPlaneConfig {
             loops: None,
             ..ControlPlaneConfig::local(1, dir.path().join("store"))
-        })
-        .await
-        .expect("control plane starts");
+        };
+        configure(&mut config);
+        let plane = ControlPlane::start_single(config)
+            .await
+            .expect("control plane starts");
         let addr = plane.api.addr.to_string();
         let kubeconfig = dir.path().join("kubeconfig");
         write_kubeconfig(&kubeconfig, &addr);

@@ -2,6 +2,7 @@
 //! members on ephemeral loopback ports, member processes, and polling
 //! helpers that wait on conditions instead of sleeping.
 
+pub mod agent;
 pub mod api;
 pub mod cluster;
 pub mod loops;
