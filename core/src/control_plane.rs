@@ -36,6 +36,10 @@ pub struct ControlPlaneConfig {
     /// Run the scheduler and the controllers (while leading) with these
     /// settings; `None` runs no loops (an API-only master).
     pub loops: Option<LoopSettings>,
+    /// The bearer token node agents require of the API server (for
+    /// `kubectl logs`, which the API server passes on to the pod's agent);
+    /// `None` sends no credentials.
+    pub agent_token: Option<String>,
 }
 
 impl ControlPlaneConfig {
@@ -48,6 +52,7 @@ impl ControlPlaneConfig {
             store_addr: "127.0.0.1:0".parse().expect("loopback address"),
             api_addr: "127.0.0.1:0".parse().expect("loopback address"),
             loops: Some(LoopSettings::default()),
+            agent_token: None,
         }
     }
 }
@@ -96,7 +101,10 @@ impl ControlPlane {
         ))
         .await?;
         let listener = TcpListener::bind(config.api_addr).await?;
-        let server = ApiServer::new(Registry::new(store.clone()));
+        let server = ApiServer::with_node_proxy(
+            Registry::new(store.clone()),
+            server::NodeProxy::new(config.agent_token.clone()),
+        );
         let api = server::serve(listener, server.clone())?;
         let loops = config
             .loops

@@ -61,6 +61,17 @@ impl ApiError {
         )
     }
 
+    /// 404 with a message of its own (things that are not API objects,
+    /// such as a container's log files on a node).
+    pub fn not_found_message(message: impl Into<String>) -> Self {
+        Self::new(404, "NotFound", message)
+    }
+
+    /// 401: the request carries no valid credentials.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(401, "Unauthorized", message)
+    }
+
     /// 405: the resource does not support the verb.
     pub fn method_not_allowed(message: impl Into<String>) -> Self {
         Self::new(405, "MethodNotAllowed", message)
@@ -141,6 +152,27 @@ impl ApiError {
         Self::new(500, "InternalError", message)
     }
 
+    /// The error a `Status` object describes (as answered by another
+    /// server, e.g. a node agent whose answer the API server passes on);
+    /// `http_code` is used when the object carries no code. Details and
+    /// causes are not carried over.
+    pub fn from_status(status: &Value, http_code: u16) -> Self {
+        let code = status["code"]
+            .as_u64()
+            .and_then(|c| u16::try_from(c).ok())
+            .filter(|c| (400..600).contains(c))
+            .unwrap_or(http_code);
+        let reason = status["reason"]
+            .as_str()
+            .and_then(|r| KNOWN_REASONS.iter().find(|known| **known == r).copied())
+            .unwrap_or_else(|| reason_of_code(code));
+        let message = status["message"]
+            .as_str()
+            .map(String::from)
+            .unwrap_or_else(|| format!("the server answered {code}"));
+        Self::new(code, reason, message)
+    }
+
     /// The Kubernetes `Status` object for this error.
     pub fn to_status(&self) -> Value {
         let mut status = json!({
@@ -168,6 +200,47 @@ impl ApiError {
             status["details"] = details;
         }
         status
+    }
+}
+
+/// The `StatusReason`s clients switch on.
+const KNOWN_REASONS: &[&str] = &[
+    "BadRequest",
+    "Unauthorized",
+    "Forbidden",
+    "NotFound",
+    "AlreadyExists",
+    "Conflict",
+    "Gone",
+    "Expired",
+    "Invalid",
+    "MethodNotAllowed",
+    "NotAcceptable",
+    "RequestEntityTooLarge",
+    "UnsupportedMediaType",
+    "TooManyRequests",
+    "InternalError",
+    "ServiceUnavailable",
+    "Timeout",
+];
+
+/// The reason Kubernetes gives an HTTP code when nothing more is known.
+fn reason_of_code(code: u16) -> &'static str {
+    match code {
+        400 => "BadRequest",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "NotFound",
+        405 => "MethodNotAllowed",
+        409 => "Conflict",
+        410 => "Gone",
+        413 => "RequestEntityTooLarge",
+        415 => "UnsupportedMediaType",
+        422 => "Invalid",
+        429 => "TooManyRequests",
+        503 => "ServiceUnavailable",
+        504 => "Timeout",
+        _ => "InternalError",
     }
 }
 

@@ -2,6 +2,7 @@
 //! busybox pods through libcontainer, scheduled by a real control plane and
 //! driven by the real kubectl. Needs root (namespaces, cgroups, overlayfs).
 
+mod logs;
 mod pods;
 mod probes;
 
@@ -25,7 +26,7 @@ impl Rig {
     /// Starts the control plane and agent `n1`, and waits until the node is
     /// Ready.
     pub async fn start() -> Rig {
-        let api = TestApi::start_with_loops(Some(LoopSettings::default())).await;
+        let api = TestApi::start_with(|c| c.loops = Some(LoopSettings::default())).await;
         let node = TestNode::start(&api, "n1", &[]);
         let rig = Rig { api, node };
         rig.wait_node_ready().await;

@@ -41,6 +41,8 @@ async fn a_pod_runs_logs_and_is_deleted_within_its_grace_period() {
     assert!(main["containerID"].as_str().unwrap().starts_with("orch://"));
     let log = std::fs::read_to_string(rig.log_file(&pod, "main", 0)).unwrap();
     assert_eq!(log, "hello\n");
+    // Through the API server, proxied to the agent.
+    assert_eq!(rig.api.kubectl_ok(&["logs", "hello"]).await, "hello\n");
     let get = rig.api.kubectl_ok(&["get", "pod", "hello"]).await;
     assert!(get.contains("1/1") && get.contains("Running"), "{get}");
 
@@ -97,6 +99,8 @@ async fn a_crashing_container_is_restarted_with_growing_back_off() {
     assert_eq!(phase(&pod), "Running");
     let get = rig.api.kubectl_ok(&["get", "pod", "crash"]).await;
     assert!(get.contains("CrashLoopBackOff"), "{get}");
+    let previous = rig.api.kubectl_ok(&["logs", "crash", "--previous"]).await;
+    assert_eq!(previous, "run\n");
     // Back-off grows: 0, 1 s, 2 s, 4 s ... between runs.
     let restarts = |p: &serde_json::Value| {
         container_status(p, "main")["restartCount"]
@@ -306,7 +310,7 @@ async fn an_image_that_cannot_be_pulled_backs_off_with_the_registry_error() {
 
 #[tokio::test]
 async fn pod_cpu_and_memory_usage_is_published_for_the_autoscaler() {
-    let api = orch_tests::api::TestApi::start_with_loops(Some(Default::default())).await;
+    let api = orch_tests::api::TestApi::start_with(|c| c.loops = Some(Default::default())).await;
     let node = orch_tests::agent::TestNode::start(&api, "n1", &["--usage-interval-ms", "500"]);
     let rig = Rig { api, node };
     rig.wait_node_ready().await;

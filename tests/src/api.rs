@@ -4,7 +4,6 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use orch_core::controller::LoopSettings;
 use orch_core::{ControlPlane, ControlPlaneConfig};
 use tempfile::TempDir;
 
@@ -80,20 +79,23 @@ impl TestApi {
     /// Starts a control plane on loopback ports, without control loops
     /// (API tests, and tests that run a loop by hand).
     pub async fn start() -> TestApi {
-        TestApi::start_with_loops(None).await
+        Self::start_with(|_| {}).await
     }
 
-    /// Starts a control plane on loopback ports running `loops` (the
-    /// scheduler and every controller) while it leads.
-    pub async fn start_with_loops(loops: Option<LoopSettings>) -> TestApi {
+    /// Starts a control plane on loopback ports with its settings changed
+    /// by `configure` (e.g. the agents' token).
+    pub async fn start_with(configure: impl FnOnce(&mut ControlPlaneConfig)) -> TestApi {
         crate::init_logging();
         let dir = tempfile::tempdir().expect("temp dir");
-        let plane = ControlPlane::start_single(ControlPlaneConfig {
-            loops,
+        // No control loops: API tests, and tests that run a loop by hand.
+        let mut config = ControlPlaneConfig {
+            loops: None,
             ..ControlPlaneConfig::local(1, dir.path().join("store"))
-        })
-        .await
-        .expect("control plane starts");
+        };
+        configure(&mut config);
+        let plane = ControlPlane::start_single(config)
+            .await
+            .expect("control plane starts");
         let addr = plane.api.addr.to_string();
         let kubeconfig = dir.path().join("kubeconfig");
         write_kubeconfig(&kubeconfig, &addr);

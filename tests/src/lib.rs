@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod api;
 pub mod cluster;
+pub mod log_server;
 pub mod loops;
 pub mod store;
 

@@ -25,6 +25,10 @@ struct Args {
     /// Where to write a kubeconfig for kubectl (default DATA_DIR/kubeconfig).
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
+    /// A file holding the bearer token node agents require (for `kubectl
+    /// logs`); without it, agents are called without credentials.
+    #[arg(long)]
+    agent_token_file: Option<PathBuf>,
 }
 
 fn kubeconfig(api: SocketAddr) -> String {
@@ -42,12 +46,23 @@ async fn main() {
         )
         .init();
     let args = Args::parse();
+    let agent_token = match &args.agent_token_file {
+        None => None,
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(token) => Some(token.trim().to_string()),
+            Err(e) => {
+                eprintln!("orch-apiserver: reading {}: {e}", path.display());
+                std::process::exit(1);
+            }
+        },
+    };
     let plane = match ControlPlane::start_single(ControlPlaneConfig {
         id: 1,
         data_dir: args.data_dir.clone(),
         store_addr: args.store_addr,
         api_addr: args.api_addr,
         loops: Some(orch_core::controller::LoopSettings::default()),
+        agent_token,
     })
     .await
     {

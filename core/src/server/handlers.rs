@@ -396,6 +396,16 @@ async fn object_verb(
                 .delete(resource, namespace, name, &options)
                 .await?))
         }
+        (&Method::GET, Some("log")) if resource.plural == "pods" => {
+            super::proxy::pod_log(
+                server.node_proxy(),
+                registry,
+                namespace.unwrap_or("default"),
+                name,
+                parts.uri.query(),
+            )
+            .await
+        }
         (&Method::POST, Some("binding")) => {
             let binding = parse_body(&body)?;
             let node = binding["target"]["name"]

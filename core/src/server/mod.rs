@@ -5,6 +5,7 @@ mod discovery;
 mod handlers;
 mod openapi;
 mod protobuf;
+mod proxy;
 mod request;
 mod route;
 mod table;
@@ -27,6 +28,7 @@ use crate::controller::MetricsRegistry;
 use crate::error::ApiError;
 use crate::registry::Registry;
 
+pub use proxy::NodeProxy;
 pub use route::{parse as parse_route, Route};
 
 pub(crate) use handlers::dispatch;
@@ -40,14 +42,23 @@ pub const MAX_BODY_BYTES: usize = 3 << 20;
 /// The API server's shared state.
 pub struct ApiServer {
     registry: Registry,
+    node_proxy: NodeProxy,
     loop_metrics: std::sync::OnceLock<MetricsRegistry>,
 }
 
 impl ApiServer {
-    /// An API server over a registry.
+    /// An API server over a registry, reaching node agents without
+    /// credentials.
     pub fn new(registry: Registry) -> Arc<Self> {
+        Self::with_node_proxy(registry, NodeProxy::new(None))
+    }
+
+    /// An API server over a registry, reaching node agents (`kubectl
+    /// logs`) through `node_proxy`.
+    pub fn with_node_proxy(registry: Registry, node_proxy: NodeProxy) -> Arc<Self> {
         Arc::new(ApiServer {
             registry,
+            node_proxy,
             loop_metrics: std::sync::OnceLock::new(),
         })
     }
@@ -69,6 +80,11 @@ impl ApiServer {
     /// The registry.
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// The client of node agents.
+    pub fn node_proxy(&self) -> &NodeProxy {
+        &self.node_proxy
     }
 }
 

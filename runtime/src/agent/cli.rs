@@ -36,6 +36,10 @@ pub struct Args {
     /// A label for the Node, `key=value` (repeatable).
     #[arg(long = "label", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
+    /// A file holding the bearer token the agent's API requires (the API
+    /// server's agent token); without it the API accepts every caller.
+    #[arg(long)]
+    pub agent_token_file: Option<PathBuf>,
     /// The cgroup under which every pod's cgroup is made.
     #[arg(long, default_value = "orch")]
     pub cgroup_parent: String,
@@ -115,7 +119,12 @@ impl Args {
 /// Runs an agent from `args` until SIGTERM or SIGINT; its pods keep
 /// running after it stops. Errors are for people, one line.
 pub async fn run(args: Args) -> Result<(), String> {
-    let config = args.config();
+    let mut config = args.config();
+    if let Some(file) = &args.agent_token_file {
+        let token = std::fs::read_to_string(file)
+            .map_err(|e| format!("reading {}: {e}", file.display()))?;
+        config.agent_token = Some(token.trim().to_string());
+    }
     import_images(&config.image_dir, &args.import_images)?;
     let client = orch_core::Client::http(args.server.clone());
     let agent = Agent::start(config, client)

@@ -26,6 +26,7 @@ pub mod host;
 pub mod node;
 pub mod pods;
 pub mod probe;
+pub mod server;
 pub mod status;
 pub mod usage;
 
@@ -59,8 +60,11 @@ pub struct AgentConfig {
     /// local address of the route towards the API server).
     pub node_ip: Option<IpAddr>,
     /// The port of the agent's own API (logs, exec), reported as the Node's
-    /// `daemonEndpoints.kubeletEndpoint.Port`.
+    /// `daemonEndpoints.kubeletEndpoint.Port` (0: any free port).
     pub agent_port: u16,
+    /// The bearer token the agent's API requires (the API server's
+    /// `agent_token`); `None` accepts every caller.
+    pub agent_token: Option<String>,
     /// More labels for the Node.
     pub labels: BTreeMap<String, String>,
     /// Pods this node accepts (the Node's `pods` capacity).
@@ -107,6 +111,7 @@ impl AgentConfig {
             image_dir: data_dir.join("images"),
             node_ip: None,
             agent_port: 10250,
+            agent_token: None,
             labels: BTreeMap::new(),
             max_pods: 110,
             renew_interval: Duration::from_millis(500),
@@ -139,6 +144,14 @@ pub enum AgentError {
         /// The API's answer.
         source: ApiError,
     },
+    /// The agent's API could not listen on its port.
+    #[error("listening on port {port} for the agent's API: {source}")]
+    Listen {
+        /// The port.
+        port: u16,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The node name is not a valid Node name.
     #[error("invalid node name {0:?}: {1}")]
     NodeName(String, String),
@@ -148,6 +161,7 @@ pub enum AgentError {
 pub struct Agent {
     shared: Arc<pods::Shared>,
     tasks: JoinSet<()>,
+    server: Option<server::AgentServerHandle>,
 }
 
 impl Agent {
@@ -165,15 +179,20 @@ impl Agent {
             .or_else(|| client.address().and_then(|a| host::address_towards(&a)))
             .unwrap_or(IpAddr::from([127, 0, 0, 1]))
             .to_string();
-        let facts = host::facts(&config.runtime.data_dir);
-        let node_uid = node::register(&client, &config, &facts, &address)
+        let listener = tokio::net::TcpListener::bind(("0.0.0.0", config.agent_port))
             .await
-            .map_err(|source| AgentError::Register {
-                node: config.node_name.clone(),
+            .map_err(|source| AgentError::Listen {
+                port: config.agent_port,
                 source,
             })?;
-        tracing::info!(node = %config.node_name, %address, "node registered");
-
+        let mut config = config;
+        config.agent_port = listener
+            .local_addr()
+            .map_err(|source| AgentError::Listen {
+                port: config.agent_port,
+                source,
+            })?
+            .port();
         let stop = CancellationToken::new();
         let queue = Queue::new(Backoff::default());
         let shared = Arc::new(pods::Shared::new(
@@ -186,6 +205,27 @@ impl Agent {
             stop.clone(),
         ));
         shared.adopt().await?;
+        let server = server::serve(
+            listener,
+            server::AgentServerConfig {
+                log_dir: config.runtime.log_dir.clone(),
+                token: config.agent_token.clone(),
+            },
+            shared.clone(),
+        )
+        .map_err(|source| AgentError::Listen {
+            port: config.agent_port,
+            source,
+        })?;
+
+        let facts = host::facts(&config.runtime.data_dir);
+        let node_uid = node::register(&client, &config, &facts, &address)
+            .await
+            .map_err(|source| AgentError::Register {
+                node: config.node_name.clone(),
+                source,
+            })?;
+        tracing::info!(node = %config.node_name, %address, port = config.agent_port, "node registered");
 
         let mut tasks = JoinSet::new();
         tasks.spawn(node::heartbeat(
@@ -232,12 +272,21 @@ impl Agent {
                 _ = run => {}
             }
         });
-        Ok(Agent { shared, tasks })
+        Ok(Agent {
+            shared,
+            tasks,
+            server: Some(server),
+        })
     }
 
     /// The pod runtime (for the agent's API: logs, exec).
     pub fn runtime(&self) -> &PodRuntime {
         &self.shared.runtime
+    }
+
+    /// The port the agent's API listens on.
+    pub fn port(&self) -> u16 {
+        self.shared.config.agent_port
     }
 
     /// The node's name.
@@ -250,6 +299,9 @@ impl Agent {
     pub async fn shutdown(mut self) {
         self.shared.stop.cancel();
         self.shared.queue.close();
+        if let Some(server) = self.server.take() {
+            server.shutdown().await;
+        }
         while self.tasks.join_next().await.is_some() {}
     }
 }

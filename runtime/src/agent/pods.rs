@@ -199,6 +199,44 @@ impl Shared {
     }
 }
 
+impl super::server::AgentLogs for Shared {
+    fn pod_uid(&self, namespace: &str, name: &str) -> Option<String> {
+        let key = format!("{namespace}/{name}");
+        // The current object's uid if the host has it, else any pod of
+        // that name still on the host.
+        let current = self
+            .cache
+            .get()
+            .and_then(|c| c.get(&key))
+            .and_then(|p| p.metadata.uid.clone());
+        let notes = self.notes();
+        let on_host: Vec<&String> = notes
+            .iter()
+            .filter(|(_, n)| n.key == key)
+            .map(|(uid, _)| uid)
+            .collect();
+        match current {
+            Some(uid) if on_host.contains(&&uid) => Some(uid),
+            _ => on_host.first().map(|uid| uid.to_string()),
+        }
+    }
+
+    fn is_running<'a>(
+        &'a self,
+        pod_uid: &'a str,
+        container: &'a str,
+        attempt: u32,
+    ) -> futures::future::BoxFuture<'a, bool> {
+        Box::pin(async move {
+            let id = crate::pod::container_id(pod_uid, container, attempt);
+            matches!(
+                self.runtime.container(&id).await.map(|c| c.state),
+                Ok(ContainerState::Running { .. } | ContainerState::Created)
+            )
+        })
+    }
+}
+
 /// Reconciles the pod `key` (`namespace/name`).
 pub async fn reconcile(shared: &Shared, key: &str) -> Result<Action, ReconcileError> {
     let Some(cache) = shared.cache.get() else {
