@@ -4,8 +4,8 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use orch_tests::log_server::{node_at, TestAgent};
 use orch_tests::api::TestApi;
+use orch_tests::log_server::{node_at, TestAgent};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 

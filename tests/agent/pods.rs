@@ -325,12 +325,17 @@ async fn pod_cpu_and_memory_usage_is_published_for_the_autoscaler() {
     rig.apply(&yaml).await;
     // The CFS quota holds it at 300m; samples average over half a second.
     let pod = rig
-        .wait_pod("burn", "CPU usage near its 300m limit", Duration::from_secs(30), |p| {
-            p["metadata"]["annotations"]["orch.dev/cpu-usage-millicores"]
-                .as_str()
-                .and_then(|v| v.parse::<u64>().ok())
-                .is_some_and(|m| (200..=400).contains(&m))
-        })
+        .wait_pod(
+            "burn",
+            "CPU usage near its 300m limit",
+            Duration::from_secs(30),
+            |p| {
+                p["metadata"]["annotations"]["orch.dev/cpu-usage-millicores"]
+                    .as_str()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .is_some_and(|m| (200..=400).contains(&m))
+            },
+        )
         .await;
     let memory: u64 = pod["metadata"]["annotations"]["orch.dev/memory-usage-bytes"]
         .as_str()

@@ -36,14 +36,20 @@ spec:
     )
     .await;
     let pod = rig
-        .wait_pod("live", "restarted after its liveness probe failed", Duration::from_secs(40), |p| {
-            container_status(p, "main")["restartCount"].as_u64() >= Some(1)
-        })
+        .wait_pod(
+            "live",
+            "restarted after its liveness probe failed",
+            Duration::from_secs(40),
+            |p| container_status(p, "main")["restartCount"].as_u64() >= Some(1),
+        )
         .await;
     assert_eq!(phase(&pod), "Running");
     let events = rig.api.kubectl_ok(&["get", "events"]).await;
     assert!(events.contains("Liveness probe failed"), "{events}");
-    assert!(events.contains("failed liveness probe, will be restarted"), "{events}");
+    assert!(
+        events.contains("failed liveness probe, will be restarted"),
+        "{events}"
+    );
 }
 
 #[tokio::test]
@@ -67,20 +73,35 @@ spec:
     )
     .await;
     let pod = rig
-        .wait_pod("web", "Running but not Ready", Duration::from_secs(30), |p| phase(p) == "Running")
+        .wait_pod(
+            "web",
+            "Running but not Ready",
+            Duration::from_secs(30),
+            |p| phase(p) == "Running",
+        )
         .await;
     assert_eq!(ready_condition(&pod), "False", "{pod:#}");
     assert_eq!(container_status(&pod, "main")["ready"], false);
-    rig.wait_pod("web", "Ready once /ready answers 200", Duration::from_secs(20), |p| {
-        ready_condition(p) == "True" && container_status(p, "main")["ready"] == true
-    })
+    rig.wait_pod(
+        "web",
+        "Ready once /ready answers 200",
+        Duration::from_secs(20),
+        |p| ready_condition(p) == "True" && container_status(p, "main")["ready"] == true,
+    )
     .await;
     let pod = rig
-        .wait_pod("web", "not Ready once /ready is gone", Duration::from_secs(20), |p| {
-            ready_condition(p) == "False"
-        })
+        .wait_pod(
+            "web",
+            "not Ready once /ready is gone",
+            Duration::from_secs(20),
+            |p| ready_condition(p) == "False",
+        )
         .await;
-    assert_eq!(container_status(&pod, "main")["restartCount"], 0, "readiness never restarts");
+    assert_eq!(
+        container_status(&pod, "main")["restartCount"],
+        0,
+        "readiness never restarts"
+    );
     let get = rig.api.kubectl_ok(&["get", "pod", "web"]).await;
     assert!(get.contains("0/1"), "{get}");
 }

@@ -37,7 +37,10 @@ use serde_json::json;
 const IMAGE: &str = "busybox:latest";
 
 #[derive(Parser)]
-#[command(name = "podstart-bench", about = "Pod start latency: orch end to end, the agent's container start, runc, crun")]
+#[command(
+    name = "podstart-bench",
+    about = "Pod start latency: orch end to end, the agent's container start, runc, crun"
+)]
 struct Args {
     /// Pods (and containers) started per measurement.
     #[arg(long, default_value_t = 50)]
@@ -66,7 +69,10 @@ fn record(h: &mut Histogram<u64>, d: Duration) {
 fn image_store(dir: &Path) -> Result<ImageStore> {
     let layout = dir.join("layout");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/build-test-image");
-    let out = Command::new(&script).arg(&layout).output().context("running scripts/build-test-image")?;
+    let out = Command::new(&script)
+        .arg(&layout)
+        .output()
+        .context("running scripts/build-test-image")?;
     if !out.status.success() {
         bail!("build-test-image: {}", String::from_utf8_lossy(&out.stderr));
     }
@@ -100,7 +106,11 @@ async fn runtime_alone(dir: &Path, images: ImageStore, runs: usize) -> Result<Hi
     for i in 0..runs {
         let uid = format!("bench-{}-{i}", std::process::id());
         runtime
-            .create_sandbox(SandboxConfig { uid: uid.clone(), name: format!("p{i}"), namespace: "bench".into() })
+            .create_sandbox(SandboxConfig {
+                uid: uid.clone(),
+                name: format!("p{i}"),
+                namespace: "bench".into(),
+            })
             .await?;
         let started = Instant::now();
         runtime.run_container(&uid, sleeper(0)).await?;
@@ -117,12 +127,20 @@ fn bundle(dir: &Path, images: &ImageStore) -> Result<PathBuf> {
     let bundle = dir.join("bundle");
     std::fs::create_dir_all(bundle.join("rootfs"))?;
     for layer in images.lower_dirs(IMAGE)?.iter().rev() {
-        let status = Command::new("cp").arg("-a").arg(format!("{}/.", layer.display())).arg(bundle.join("rootfs")).status()?;
+        let status = Command::new("cp")
+            .arg("-a")
+            .arg(format!("{}/.", layer.display()))
+            .arg(bundle.join("rootfs"))
+            .status()?;
         if !status.success() {
             bail!("copying layer {}", layer.display());
         }
     }
-    let status = Command::new("runc").arg("spec").current_dir(&bundle).status().context("runc spec (Debian package runc)")?;
+    let status = Command::new("runc")
+        .arg("spec")
+        .current_dir(&bundle)
+        .status()
+        .context("runc spec (Debian package runc)")?;
     if !status.success() {
         bail!("runc spec failed");
     }
@@ -169,11 +187,17 @@ fn compare(runtime: &str, bundle: &Path, runs: usize) -> Result<Histogram<u64>> 
             me.display(),
             bundle.display()
         );
-        let out = Command::new("unshare").args(["-m", "sh", "-c", &script]).output().context("unshare")?;
+        let out = Command::new("unshare")
+            .args(["-m", "sh", "-c", &script])
+            .output()
+            .context("unshare")?;
         if !out.status.success() {
             bail!("crun runs failed: {}", String::from_utf8_lossy(&out.stderr));
         }
-        String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().parse().ok()).collect()
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
     } else {
         oci_runs(runtime, bundle, runs)?
     };
@@ -189,7 +213,9 @@ fn compare(runtime: &str, bundle: &Path, runs: usize) -> Result<Histogram<u64>> 
 async fn end_to_end(dir: &Path, runs: usize) -> Result<Histogram<u64>> {
     let mut config = ControlPlaneConfig::local(1, dir.join("master"));
     config.loops = Some(LoopSettings::default());
-    let plane = ControlPlane::start_single(config).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let plane = ControlPlane::start_single(config)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let client = plane.client();
     let node_dir = dir.join("node");
     std::fs::create_dir_all(&node_dir)?;
@@ -201,8 +227,14 @@ async fn end_to_end(dir: &Path, runs: usize) -> Result<Histogram<u64>> {
     // Wait for the node to be schedulable.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let node: k8s_openapi::api::core::v1::Node = client.get(None, "bench-node").await.map_err(|e| anyhow::anyhow!("{e}"))?;
-        let ready = node.status.and_then(|s| s.conditions).is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        let node: k8s_openapi::api::core::v1::Node = client
+            .get(None, "bench-node")
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let ready = node
+            .status
+            .and_then(|s| s.conditions)
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
         if ready {
             break;
         }
@@ -211,8 +243,16 @@ async fn end_to_end(dir: &Path, runs: usize) -> Result<Histogram<u64>> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let (_, rv) = client.list::<Pod>(Some("default"), None).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut events = Box::pin(client.watch::<Pod>(Some("default"), &rv).await.map_err(|e| anyhow::anyhow!("{e}"))?);
+    let (_, rv) = client
+        .list::<Pod>(Some("default"), None)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut events = Box::pin(
+        client
+            .watch::<Pod>(Some("default"), &rv)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+    );
     let mut h = histogram();
     for i in 0..runs {
         let name = format!("start-{i}");
@@ -225,9 +265,15 @@ async fn end_to_end(dir: &Path, runs: usize) -> Result<Histogram<u64>> {
             }]},
         }))?;
         let started = Instant::now();
-        client.create(Some("default"), &pod).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        client
+            .create(Some("default"), &pod)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         loop {
-            let Some(event) = tokio::time::timeout(Duration::from_secs(30), events.next()).await.context("pod start timed out")? else {
+            let Some(event) = tokio::time::timeout(Duration::from_secs(30), events.next())
+                .await
+                .context("pod start timed out")?
+            else {
                 bail!("watch ended");
             };
             let (_, seen) = event.map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -240,11 +286,16 @@ async fn end_to_end(dir: &Path, runs: usize) -> Result<Histogram<u64>> {
     }
     // Tear down: delete every pod and wait until the agent removed them.
     for i in 0..runs {
-        let _ = client.delete::<Pod>(Some("default"), &format!("start-{i}")).await;
+        let _ = client
+            .delete::<Pod>(Some("default"), &format!("start-{i}"))
+            .await;
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
-        let (left, _) = client.list::<Pod>(Some("default"), None).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let (left, _) = client
+            .list::<Pod>(Some("default"), None)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         if left.is_empty() {
             break;
         }
@@ -258,7 +309,13 @@ async fn end_to_end(dir: &Path, runs: usize) -> Result<Histogram<u64>> {
 fn line(name: &str, h: &Histogram<u64>, base: Option<&Histogram<u64>>) {
     let (p50, p99) = (quantile_ms(h, 0.5), quantile_ms(h, 0.99));
     let ratio = base
-        .map(|b| format!("{:>8.2}x {:>8.2}x", p50 / quantile_ms(b, 0.5), p99 / quantile_ms(b, 0.99)))
+        .map(|b| {
+            format!(
+                "{:>8.2}x {:>8.2}x",
+                p50 / quantile_ms(b, 0.5),
+                p99 / quantile_ms(b, 0.99)
+            )
+        })
         .unwrap_or_default();
     println!("{name:<44} {p50:>9.1} {p99:>9.1} {ratio}");
 }
@@ -273,7 +330,12 @@ async fn main() -> Result<()> {
         }
         return Ok(());
     }
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "error".into())).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "error".into()),
+        )
+        .init();
     let dir = tempfile::tempdir()?;
     let images = image_store(dir.path())?;
     println!(
@@ -290,12 +352,20 @@ async fn main() -> Result<()> {
             peers.push((runtime.clone(), compare(runtime, &bundle, args.runs)?));
         }
     }
-    let base = peers.iter().find(|(n, _)| n == "crun").or(peers.first()).map(|(n, h)| (n.clone(), h));
+    let base = peers
+        .iter()
+        .find(|(n, _)| n == "crun")
+        .or(peers.first())
+        .map(|(n, h)| (n.clone(), h));
     println!();
     println!(
         "{:<44} {:>9} {:>9} {}",
-        "measurement", "p50 ms", "p99 ms",
-        base.as_ref().map(|(n, _)| format!("   p50/{n}   p99/{n}")).unwrap_or_default()
+        "measurement",
+        "p50 ms",
+        "p99 ms",
+        base.as_ref()
+            .map(|(n, _)| format!("   p50/{n}   p99/{n}"))
+            .unwrap_or_default()
     );
     let base_h = base.as_ref().map(|(_, h)| *h);
     line("orch end to end (API create -> Running)", &e2e, base_h);

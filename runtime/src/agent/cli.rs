@@ -77,7 +77,9 @@ fn import_images(dir: &std::path::Path, imports: &[String]) -> Result<(), String
             Some(name) if path.is_dir() => images.import_oci_layout(path, name).map(|r| vec![r]),
             Some(_) => Err(crate::image::ImageError::Malformed {
                 what: path.display().to_string(),
-                reason: "PATH=NAME is for OCI layout directories; give a docker archive as PATH alone".into(),
+                reason:
+                    "PATH=NAME is for OCI layout directories; give a docker archive as PATH alone"
+                        .into(),
             }),
             None => images.import_docker_archive(path),
         }

@@ -43,13 +43,24 @@ impl HealthChecks {
     }
 
     fn verdict(&self, id: &str, kind: ProbeKind) -> Option<ProbeVerdict> {
-        self.lock().get(id).and_then(|p| p.verdicts.get(&kind).cloned())
+        self.lock()
+            .get(id)
+            .and_then(|p| p.verdicts.get(&kind).cloned())
     }
 
     /// Starts the `kind` prober of container `id` unless it runs; its
     /// verdict changes queue `key`.
     #[allow(clippy::too_many_arguments)] // the facts of one prober, all needed to start it
-    fn ensure(&self, runtime: &PodRuntime, queue: &Queue<ObjectKey>, key: &str, id: &str, kind: ProbeKind, probe: &Probe, target: ProbeTarget) {
+    fn ensure(
+        &self,
+        runtime: &PodRuntime,
+        queue: &Queue<ObjectKey>,
+        key: &str,
+        id: &str,
+        kind: ProbeKind,
+        probe: &Probe,
+        target: ProbeTarget,
+    ) {
         {
             let mut all = self.lock();
             let probers = all.entry(id.to_string()).or_insert_with(|| Probers {
@@ -60,9 +71,12 @@ impl HealthChecks {
                 return;
             }
             let mut rx = spawn_prober(runtime.clone(), probe.clone(), kind, target);
-            probers.verdicts.insert(kind, rx.borrow_and_update().clone());
+            probers
+                .verdicts
+                .insert(kind, rx.borrow_and_update().clone());
             let stop = probers.stop.clone();
-            let (checks, queue, key, id) = (self.clone(), queue.clone(), key.to_string(), id.to_string());
+            let (checks, queue, key, id) =
+                (self.clone(), queue.clone(), key.to_string(), id.to_string());
             tokio::spawn(async move {
                 loop {
                     tokio::select! {
@@ -104,23 +118,47 @@ impl HealthChecks {
                 .is_some_and(|v| v.is_success());
         }
         if !started {
-            return Health { started, ready: false, unhealthy: None };
+            return Health {
+                started,
+                ready: false,
+                unhealthy: None,
+            };
         }
         let mut unhealthy = None;
         if let Some(probe) = &container.liveness_probe {
-            self.ensure(runtime, queue, key, id, ProbeKind::Liveness, probe, target());
+            self.ensure(
+                runtime,
+                queue,
+                key,
+                id,
+                ProbeKind::Liveness,
+                probe,
+                target(),
+            );
             if let Some(ProbeVerdict::Failure(message)) = self.verdict(id, ProbeKind::Liveness) {
                 unhealthy = Some(message);
             }
         }
         let mut ready = true;
         if let Some(probe) = &container.readiness_probe {
-            self.ensure(runtime, queue, key, id, ProbeKind::Readiness, probe, target());
+            self.ensure(
+                runtime,
+                queue,
+                key,
+                id,
+                ProbeKind::Readiness,
+                probe,
+                target(),
+            );
             ready = self
                 .verdict(id, ProbeKind::Readiness)
                 .is_some_and(|v| v.is_success());
         }
-        Health { started, ready, unhealthy }
+        Health {
+            started,
+            ready,
+            unhealthy,
+        }
     }
 
     /// Stops the probers of container `id`.

@@ -513,7 +513,9 @@ async fn check_health(
     let mut ready = HashMap::new();
     let mut running = Vec::new();
     for c in &spec.containers {
-        let Some(run) = runs.latest.get(&c.name) else { continue };
+        let Some(run) = runs.latest.get(&c.name) else {
+            continue;
+        };
         if !matches!(run.state, ContainerState::Running { .. }) {
             continue;
         }
@@ -524,14 +526,22 @@ async fn check_health(
         ready.insert(id.clone(), health.ready && health.started);
         if let Some(message) = health.unhealthy {
             shared
-                .event(pod, "Warning", "Unhealthy", &format!("Liveness probe failed: {message}"))
+                .event(
+                    pod,
+                    "Warning",
+                    "Unhealthy",
+                    &format!("Liveness probe failed: {message}"),
+                )
                 .await;
             shared
                 .event(
                     pod,
                     "Normal",
                     "Killing",
-                    &format!("Container {} failed liveness probe, will be restarted", c.name),
+                    &format!(
+                        "Container {} failed liveness probe, will be restarted",
+                        c.name
+                    ),
                 )
                 .await;
             shared.health.forget(&id);

@@ -139,7 +139,11 @@ fn container_status(container: &Container, inputs: &StatusInputs<'_>, init: bool
         status["containerID"] = json!(format!("orch://{}", latest.record.id));
         match &latest.state {
             ContainerState::Running { .. } => {
-                let ready = inputs.ready.get(&latest.record.id).copied().unwrap_or(false);
+                let ready = inputs
+                    .ready
+                    .get(&latest.record.id)
+                    .copied()
+                    .unwrap_or(false);
                 status["state"] =
                     json!({"running": {"startedAt": time_of_ms(latest.record.started_at_ms)}});
                 status["ready"] = json!(ready && !init);
