@@ -2,3 +2,6 @@
 //! its Lease, watches the pods bound to it and drives each one to its spec
 //! through the [`crate::pod`] runtime, reporting their status back through
 //! `orch-core`'s client.
+
+pub mod env;
+pub mod volumes;
