@@ -21,6 +21,7 @@
 pub mod backoff;
 pub mod cli;
 pub mod container;
+pub mod env;
 pub mod health;
 pub mod host;
 pub mod node;
@@ -29,6 +30,7 @@ pub mod probe;
 pub mod server;
 pub mod status;
 pub mod usage;
+pub mod volumes;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
