@@ -5,6 +5,7 @@
 mod logs;
 mod pods;
 mod probes;
+mod volumes;
 
 use std::time::Duration;
 

@@ -58,6 +58,8 @@ pub struct AgentConfig {
     pub runtime: RuntimeConfig,
     /// The image store's directory.
     pub image_dir: PathBuf,
+    /// Where pods' volumes live (`<dir>/<pod uid>/<volume>`).
+    pub volume_dir: PathBuf,
     /// The address the control plane reaches this agent at (`None`: the
     /// local address of the route towards the API server).
     pub node_ip: Option<IpAddr>,
@@ -91,6 +93,9 @@ pub struct AgentConfig {
     pub registry: RegistryOptions,
     /// Workers reconciling pods.
     pub workers: usize,
+    /// How often the volumes whose contents come from the API (ConfigMaps,
+    /// Secrets, downward API) are brought up to date in running pods.
+    pub volume_refresh: Duration,
     /// How often pods' CPU and memory usage is sampled (and published when
     /// it changed).
     pub usage_interval: Duration,
@@ -111,6 +116,7 @@ impl AgentConfig {
                 cgroup_parent: "orch".to_string(),
             },
             image_dir: data_dir.join("images"),
+            volume_dir: data_dir.join("volumes"),
             node_ip: None,
             agent_port: 10250,
             agent_token: None,
@@ -124,6 +130,7 @@ impl AgentConfig {
             orphan_grace: Duration::from_secs(2),
             registry: RegistryOptions::default(),
             workers: 8,
+            volume_refresh: Duration::from_secs(10),
             usage_interval: Duration::from_secs(10),
         }
     }

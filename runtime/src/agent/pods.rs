@@ -17,8 +17,10 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::container::container_config;
+use super::env::{self, PodFacts};
 use super::health::HealthChecks;
 use super::status::{self, exit_of, succeeded, Runs, StatusInputs, Waiting};
+use super::volumes::{self, PreparedVolumes, VolumeConfig};
 use super::AgentConfig;
 use crate::image::{ImageStore, PullPolicy};
 use crate::pod::{BindMount, ContainerState, PodError, PodRuntime, Sandbox, SandboxConfig};
@@ -48,6 +50,10 @@ struct PodNotes {
     backoff_base: HashMap<String, u32>,
     /// Image reference -> image id (`repository@digest`).
     image_ids: HashMap<String, String>,
+    /// The pod's volumes as last prepared.
+    volumes: Option<PreparedVolumes>,
+    /// The last volume set-up failure reported (an Event once per change).
+    mount_error: Option<String>,
 }
 
 /// The state the pod workers share.
@@ -65,6 +71,8 @@ pub struct Shared {
     watched: Arc<Mutex<HashSet<String>>>,
     /// The probers of running containers.
     health: HealthChecks,
+    /// hostPath policy and secret placement.
+    volume_config: VolumeConfig,
 }
 
 impl Shared {
@@ -79,7 +87,6 @@ impl Shared {
         stop: CancellationToken,
     ) -> Shared {
         Shared {
-            config,
             client,
             runtime,
             images,
@@ -90,6 +97,17 @@ impl Shared {
             notes: Mutex::new(HashMap::new()),
             watched: Arc::default(),
             health: HealthChecks::default(),
+            volume_config: VolumeConfig {
+                host_paths: VolumeConfig::default()
+                    .host_paths
+                    .deny(config.runtime.state_dir.clone())
+                    .deny(config.runtime.data_dir.clone())
+                    .deny(config.runtime.log_dir.clone())
+                    .deny(config.image_dir.clone())
+                    .deny(config.volume_dir.clone()),
+                ..VolumeConfig::default()
+            },
+            config,
         }
     }
 
@@ -185,6 +203,35 @@ impl Shared {
         }
     }
 
+    /// Where pod `uid`'s volumes live on the host.
+    fn volume_dir(&self, uid: &str) -> std::path::PathBuf {
+        self.config.volume_dir.join(uid)
+    }
+
+    /// What the agent knows of a pod for its environment and volumes.
+    fn facts(&self) -> PodFacts {
+        PodFacts {
+            pod_ip: None,
+            host_ip: Some(self.host_ip.clone()),
+            allocatable_cpu_millis: None,
+            allocatable_memory_bytes: None,
+        }
+    }
+
+    /// Stops and removes everything of pod `uid` on the host: containers,
+    /// namespaces, cgroups, then its volumes.
+    async fn teardown(&self, uid: &str, grace: Duration) -> Result<(), ReconcileError> {
+        self.runtime
+            .teardown_pod(uid, grace, true)
+            .await
+            .map_err(local)?;
+        volumes::cleanup(&self.volume_dir(uid))
+            .map_err(|e| ReconcileError::Local(e.to_string()))?;
+        self.notes().remove(uid);
+        self.health.retain(uid, &[]);
+        Ok(())
+    }
+
     async fn event(&self, pod: &Pod, type_: &str, reason: &str, message: &str) {
         record_event_from(
             &self.client,
@@ -253,13 +300,7 @@ pub async fn reconcile(shared: &Shared, key: &str) -> Result<Action, ReconcileEr
         .collect();
     for (uid, grace) in orphans {
         tracing::info!(pod = key, %uid, "tearing down a pod whose object is gone");
-        shared
-            .runtime
-            .teardown_pod(&uid, grace, true)
-            .await
-            .map_err(local)?;
-        shared.notes().remove(&uid);
-        shared.health.retain(&uid, &[]);
+        shared.teardown(&uid, grace).await?;
     }
     let Some(pod) = pod else {
         return Ok(Action::Done);
@@ -324,13 +365,7 @@ async fn terminate(
             .await;
     }
     tracing::info!(pod = %format!("{namespace}/{name}"), grace_s = grace.as_secs(), "stopping pod");
-    shared
-        .runtime
-        .teardown_pod(&uid, grace, true)
-        .await
-        .map_err(local)?;
-    shared.notes().remove(&uid);
-    shared.health.retain(&uid, &[]);
+    shared.teardown(&uid, grace).await?;
     let options = json!({"gracePeriodSeconds": 0, "preconditions": {"uid": uid}});
     match shared
         .client
@@ -399,7 +434,8 @@ async fn sync(shared: &Shared, cache: &Cache<Pod>, pod: &Pod) -> Result<Action, 
     let sandbox_ready = sandbox.is_ok();
     let mut step = Step::default();
     let mut forced_phase = None;
-    if sandbox_ready {
+    let volumes_ready = sandbox_ready && prepare_volumes(shared, pod, &mut step).await;
+    if volumes_ready {
         let runs = Runs::of(shared.runtime.pod_containers(&uid).await.map_err(local)?);
         shared.watch_exits(&runs, &key);
         let policy = spec
@@ -438,7 +474,7 @@ async fn sync(shared: &Shared, cache: &Cache<Pod>, pod: &Pod) -> Result<Action, 
                 }
             }
         }
-    } else {
+    } else if !sandbox_ready {
         step.wake(shared.config.retry_interval);
     }
     let runs = match shared.runtime.pod_containers(&uid).await {
@@ -495,6 +531,66 @@ async fn sync(shared: &Shared, cache: &Cache<Pod>, pod: &Pod) -> Result<Action, 
         Some(delay) => Action::RequeueAfter(delay),
         None => Action::Done,
     })
+}
+
+/// Prepares (or refreshes) the pod's volumes; false, with a `FailedMount`
+/// Event and a retry, when one cannot be set up. Pods with volumes whose
+/// contents come from the API look again after `volume_refresh`, so
+/// changed ConfigMaps and Secrets reach running containers.
+async fn prepare_volumes(shared: &Shared, pod: &Pod, step: &mut Step) -> bool {
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let specs = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.volumes.clone())
+        .unwrap_or_default();
+    if specs.is_empty() {
+        return true;
+    }
+    let prepared = volumes::prepare(
+        &shared.client,
+        pod,
+        &shared.volume_dir(&uid),
+        &shared.volume_config,
+        &shared.facts(),
+    )
+    .await;
+    let projected = specs.iter().any(|v| {
+        v.config_map.is_some()
+            || v.secret.is_some()
+            || v.projected.is_some()
+            || v.downward_api.is_some()
+    });
+    if projected {
+        step.wake(shared.config.volume_refresh);
+    }
+    match prepared {
+        Ok(prepared) => {
+            let mut notes = shared.notes();
+            let notes = notes.entry(uid).or_default();
+            notes.volumes = Some(prepared);
+            notes.mount_error = None;
+            true
+        }
+        Err(e) => {
+            let message = e.to_string();
+            let new = {
+                let mut notes = shared.notes();
+                let notes = notes.entry(uid).or_default();
+                let new = notes.mount_error.as_deref() != Some(message.as_str());
+                notes.mount_error = Some(message.clone());
+                new
+            };
+            if new {
+                tracing::info!(error = %message, "volume set-up failed");
+                shared
+                    .event(pod, "Warning", volumes::MOUNT_FAILED_REASON, &message)
+                    .await;
+            }
+            step.wake(shared.config.retry_interval);
+            false
+        }
+    }
 }
 
 /// Runs the probes of the pod's running app containers: readiness by
@@ -810,7 +906,7 @@ async fn start(
         }
     };
     let spec = pod.spec.clone().unwrap_or_default();
-    let config = container_config(
+    let mut config = container_config(
         &spec,
         container,
         &pulled.image.reference,
@@ -818,6 +914,8 @@ async fn start(
         env,
         mounts,
     );
+    config.command = env::expand_args(&config.command, &config.env);
+    config.args = env::expand_args(&config.args, &config.env);
     match shared.runtime.run_container(&uid, config).await {
         Ok(info) => {
             {
@@ -849,18 +947,22 @@ async fn start(
     }
 }
 
-/// The environment and mounts of a container, resolved now.
+/// The environment and mounts of a container, resolved now; the message
+/// of a `CreateContainerConfigError` when they cannot be.
 async fn inputs(
-    _shared: &Shared,
-    _pod: &Pod,
+    shared: &Shared,
+    pod: &Pod,
     container: &Container,
 ) -> Result<(Vec<(String, String)>, Vec<BindMount>), String> {
-    let env = container
-        .env
-        .iter()
-        .flatten()
-        .filter(|e| e.value_from.is_none())
-        .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
-        .collect();
-    Ok((env, Vec::new()))
+    let env = env::container_env(&shared.client, pod, container, &shared.facts())
+        .await
+        .map_err(|e| e.to_string())?;
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let prepared = shared
+        .notes()
+        .get(&uid)
+        .and_then(|n| n.volumes.clone())
+        .unwrap_or_default();
+    let mounts = volumes::mounts_for(container, &prepared).map_err(|e| e.to_string())?;
+    Ok((env, mounts))
 }
