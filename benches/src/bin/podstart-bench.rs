@@ -6,7 +6,8 @@
 //! - end to end: a pod created through the API (fsync on) until a watch
 //!   sees it Running: admission, store, scheduler, bind, the agent's pull
 //!   check, sandbox, overlay rootfs and libcontainer create+start, status
-//!   write. One master and one agent in this process; pods one at a time.
+//!   write. One master in this process, one `orch-agent` process; pods one
+//!   at a time.
 //! - the agent's container start alone: `PodRuntime::run_container` into an
 //!   existing sandbox (overlay rootfs, spec, libcontainer create+start).
 //! - `runc run -d` and `crun run -d` (Debian's packages) of an equivalent
@@ -29,7 +30,6 @@ use k8s_openapi::api::core::v1::Pod;
 use orch_benches::quantile_ms;
 use orch_core::controller::LoopSettings;
 use orch_core::{ControlPlane, ControlPlaneConfig};
-use orch_runtime::agent::{Agent, AgentConfig};
 use orch_runtime::image::ImageStore;
 use orch_runtime::pod::{ContainerConfig, PodRuntime, RuntimeConfig, SandboxConfig};
 use serde_json::json;
@@ -89,6 +89,24 @@ fn sleeper(attempt: u32) -> ContainerConfig {
         attempt,
         ..Default::default()
     }
+}
+
+/// The `orch-agent` binary next to this one, built if missing.
+fn agent_binary() -> Result<PathBuf> {
+    let me = std::env::current_exe()?;
+    let binary = me.with_file_name("orch-agent");
+    if !binary.exists() {
+        let release = me.parent().and_then(|d| d.file_name()).is_some_and(|n| n == "release");
+        let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        build.args(["build", "-p", "orch-runtime", "--bin", "orch-agent"]);
+        if release {
+            build.arg("--release");
+        }
+        if !build.status()?.success() {
+            bail!("building orch-agent failed");
+        }
+    }
+    Ok(binary)
 }
 
 /// The agent's container start alone, into a fresh sandbox each time.
@@ -217,13 +235,25 @@ async fn end_to_end(dir: &Path, runs: usize) -> Result<Histogram<u64>> {
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let client = plane.client();
+    // The agent runs as a process of its own: a process that has loaded
+    // RocksDB cannot create containers (libcontainer's intermediate process
+    // leaves through exit(), whose RocksDB atexit handler waits for threads
+    // the clone does not have).
     let node_dir = dir.join("node");
     std::fs::create_dir_all(&node_dir)?;
-    let store = ImageStore::open(node_dir.join("images"))?;
-    store.import_oci_layout(&dir.join("layout"), IMAGE)?;
-    let mut agent_config = AgentConfig::new("bench-node", &node_dir);
-    agent_config.runtime.cgroup_parent = format!("orch-bench-e2e-{}", std::process::id());
-    let agent = Agent::start(agent_config, client.clone()).await?;
+    let log = std::fs::File::create(dir.join("agent.log"))?;
+    let mut agent = Command::new(agent_binary()?)
+        .args(["--server", &plane.api.addr.to_string(), "--node-name", "bench-node", "--port", "0"])
+        .arg("--data-dir")
+        .arg(&node_dir)
+        .arg("--import-image")
+        .arg(format!("{}={IMAGE}", dir.join("layout").display()))
+        .args(["--cgroup-parent", &format!("orch-bench-e2e-{}", std::process::id())])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .context("starting orch-agent")?;
     // Wait for the node to be schedulable.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -301,7 +331,8 @@ async fn end_to_end(dir: &Path, runs: usize) -> Result<Histogram<u64>> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    agent.shutdown().await;
+    let _ = agent.kill();
+    let _ = agent.wait();
     plane.shutdown().await;
     Ok(h)
 }
@@ -339,11 +370,12 @@ async fn main() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let images = image_store(dir.path())?;
     println!(
-        "podstart-bench setting: runs {}, image {IMAGE} (local, imagePullPolicy IfNotPresent), command `sleep 3600`, 1 master + 1 agent in one process, fsync on, cores {}",
+        "podstart-bench setting: runs {}, image {IMAGE} (local, imagePullPolicy IfNotPresent), command `sleep 3600`, 1 master (in process) + 1 orch-agent process, fsync on, cores {}",
         args.runs,
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     );
-    let e2e = end_to_end(dir.path(), args.runs).await?;
+    // Containers in this process first: once RocksDB is loaded (the
+    // master, below), this process can no longer create containers.
     let alone = runtime_alone(&dir.path().join("alone"), images.clone(), args.runs).await?;
     let mut peers = Vec::new();
     if !args.compare.iter().all(|c| c.is_empty()) {
