@@ -89,9 +89,10 @@ const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(200);
 /// What can go wrong running a process in a container.
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
-    /// The container or its pod is not there, or a runtime operation failed.
+    /// The container or its pod is not there, or a runtime operation failed
+    /// (boxed: libcontainer's errors are large).
     #[error(transparent)]
-    Pod(#[from] PodError),
+    Pod(Box<PodError>),
     /// The container exists but does not run (created, or exited).
     #[error("container {0} is not running")]
     NotRunning(String),
@@ -120,6 +121,12 @@ pub enum ExecError {
         /// The underlying error.
         source: io::Error,
     },
+}
+
+impl From<PodError> for ExecError {
+    fn from(e: PodError) -> ExecError {
+        ExecError::Pod(Box::new(e))
+    }
 }
 
 fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> ExecError {
@@ -238,15 +245,10 @@ fn watch_child(reaper: Arc<Reaper>) -> watch::Receiver<Option<i32>> {
     let (tx, rx) = watch::channel(None);
     let pid = reaper.pid;
     let run = move || {
-        loop {
-            match waitid(
-                Id::Pid(Pid::from_raw(pid)),
-                WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT,
-            ) {
-                Err(nix::Error::EINTR) => continue,
-                _ => break,
-            }
-        }
+        while let Err(nix::Error::EINTR) = waitid(
+            Id::Pid(Pid::from_raw(pid)),
+            WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT,
+        ) {}
         let code = {
             let mut reaped = reaper.reaped.lock().unwrap_or_else(|e| e.into_inner());
             let status = loop {
