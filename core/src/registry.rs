@@ -457,7 +457,32 @@ impl Registry {
     ///   grace 0 forces it);
     /// - anything else is removed at once (dependents are then collected by
     ///   the garbage collector: background propagation).
+    ///
+    /// Without a precondition, a delete that raced with another write (the
+    /// object changed or went between the read and the guarded write) is
+    /// tried again on what is there now, as kube-apiserver does: the caller
+    /// sees the outcome (or 404), not a conflict it did not ask about.
     pub async fn delete(
+        &self,
+        resource: &Resource,
+        namespace: Option<&str>,
+        name: &str,
+        options: &DeleteOptions,
+    ) -> Result<Value, ApiError> {
+        const ATTEMPTS: usize = 16;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.delete_once(resource, namespace, name, options).await {
+                Err(e) if e.code == 409 && options.precondition.is_none() && attempt < ATTEMPTS => {
+                    continue
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    async fn delete_once(
         &self,
         resource: &Resource,
         namespace: Option<&str>,

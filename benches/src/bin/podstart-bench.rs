@@ -96,7 +96,10 @@ fn agent_binary() -> Result<PathBuf> {
     let me = std::env::current_exe()?;
     let binary = me.with_file_name("orch-agent");
     if !binary.exists() {
-        let release = me.parent().and_then(|d| d.file_name()).is_some_and(|n| n == "release");
+        let release = me
+            .parent()
+            .and_then(|d| d.file_name())
+            .is_some_and(|n| n == "release");
         let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
         build.args(["build", "-p", "orch-runtime", "--bin", "orch-agent"]);
         if release {
@@ -243,12 +246,22 @@ async fn end_to_end(dir: &Path, runs: usize) -> Result<Histogram<u64>> {
     std::fs::create_dir_all(&node_dir)?;
     let log = std::fs::File::create(dir.join("agent.log"))?;
     let mut agent = Command::new(agent_binary()?)
-        .args(["--server", &plane.api.addr.to_string(), "--node-name", "bench-node", "--port", "0"])
+        .args([
+            "--server",
+            &plane.api.addr.to_string(),
+            "--node-name",
+            "bench-node",
+            "--port",
+            "0",
+        ])
         .arg("--data-dir")
         .arg(&node_dir)
         .arg("--import-image")
         .arg(format!("{}={IMAGE}", dir.join("layout").display()))
-        .args(["--cgroup-parent", &format!("orch-bench-e2e-{}", std::process::id())])
+        .args([
+            "--cgroup-parent",
+            &format!("orch-bench-e2e-{}", std::process::id()),
+        ])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(log)
