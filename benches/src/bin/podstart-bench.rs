@@ -397,6 +397,7 @@ async fn main() -> Result<()> {
             peers.push((runtime.clone(), compare(runtime, &bundle, args.runs)?));
         }
     }
+    let e2e = end_to_end(dir.path(), args.runs).await?;
     let base = peers
         .iter()
         .find(|(n, _)| n == "crun")

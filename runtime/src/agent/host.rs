@@ -44,6 +44,8 @@ pub fn facts(data_dir: &Path) -> HostFacts {
         .find_map(|l| l.strip_prefix("PRETTY_NAME="))
         .map(|v| v.trim_matches('"').to_string())
         .unwrap_or_else(|| "Linux".to_string());
+    // fsblkcnt_t and c_ulong are not u64 on every target.
+    #[allow(clippy::unnecessary_cast)]
     let storage_bytes = nix::sys::statvfs::statvfs(data_dir)
         .map(|s| s.blocks() as u64 * s.fragment_size() as u64)
         .unwrap_or(0);
