@@ -344,3 +344,34 @@ async fn pod_cpu_and_memory_usage_is_published_for_the_autoscaler() {
         .unwrap();
     assert!(memory > 0 && memory < 64 << 20, "{memory}");
 }
+
+#[tokio::test]
+async fn a_command_missing_from_the_image_is_reported_and_harms_no_other_pod() {
+    let rig = Rig::start().await;
+    rig.apply(&manifest(
+        "steady",
+        "Always",
+        &container("main", "sleep 3600"),
+    ))
+    .await;
+    let yaml = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: nocmd\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: busybox:latest\n    imagePullPolicy: IfNotPresent\n    command: [\"/no/such/binary\"]\n";
+    rig.apply(yaml).await;
+    let pod = rig
+        .wait_pod(
+            "nocmd",
+            "a start error naming the command",
+            Duration::from_secs(30),
+            |p| {
+                let c = container_status(p, "main");
+                c.to_string().contains("/no/such/binary")
+            },
+        )
+        .await;
+    let c = container_status(&pod, "main");
+    assert!(c["state"]["running"].is_null(), "{c}");
+    assert_eq!(phase(&rig.pod("steady").await.unwrap()), "Running");
+    rig.api
+        .kubectl_ok(&["delete", "pod", "nocmd", "steady"])
+        .await;
+    assert_eq!(rig.node.leftovers(), Vec::<String>::new());
+}
