@@ -267,15 +267,15 @@ async fn end_to_end(dir: &Path, runs: usize) -> Result<Histogram<u64>> {
         .stderr(log)
         .spawn()
         .context("starting orch-agent")?;
-    // Wait for the node to be schedulable.
+    // Wait for the node to register and be schedulable.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let node: k8s_openapi::api::core::v1::Node = client
-            .get(None, "bench-node")
+        let node = client
+            .get::<k8s_openapi::api::core::v1::Node>(None, "bench-node")
             .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            .ok();
         let ready = node
-            .status
+            .and_then(|n| n.status)
             .and_then(|s| s.conditions)
             .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
         if ready {
