@@ -31,7 +31,7 @@ use orch_benches::quantile_ms;
 use orch_core::controller::LoopSettings;
 use orch_core::{ControlPlane, ControlPlaneConfig};
 use orch_runtime::image::ImageStore;
-use orch_runtime::pod::{ContainerConfig, PodRuntime, RuntimeConfig, SandboxConfig};
+use orch_runtime::pod::{cgroup, ContainerConfig, PodRuntime, RuntimeConfig, SandboxConfig};
 use serde_json::json;
 
 const IMAGE: &str = "busybox:latest";
@@ -138,6 +138,7 @@ async fn runtime_alone(dir: &Path, images: ImageStore, runs: usize) -> Result<Hi
         record(&mut h, started.elapsed());
         runtime.teardown_pod(&uid, Duration::ZERO, true).await?;
     }
+    cgroup::remove_tree(Path::new(&runtime.config().cgroup_parent))?;
     Ok(h)
 }
 
@@ -344,8 +345,25 @@ async fn end_to_end(dir: &Path, runs: usize) -> Result<Histogram<u64>> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Force-deleted pods leave the API at once; the agent tears them down
+    // after: wait until their cgroups are gone before stopping it.
+    let parent = format!("orch-bench-e2e-{}", std::process::id());
+    while Instant::now() < deadline {
+        let pods_left = cgroup::existing_dirs(Path::new(&parent)).iter().any(|dir| {
+            std::fs::read_dir(dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|e| e.path().is_dir())
+        });
+        if !pods_left {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let _ = agent.kill();
     let _ = agent.wait();
+    let _ = cgroup::remove_tree(Path::new(&format!("orch-bench-e2e-{}", std::process::id())));
     plane.shutdown().await;
     Ok(h)
 }
