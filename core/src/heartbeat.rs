@@ -20,6 +20,14 @@ pub fn now_micro() -> String {
         .unwrap_or_else(object::now_rfc3339)
 }
 
+/// Whether a Node's Ready condition is True.
+pub fn node_is_ready(node: &k8s_openapi::api::core::v1::Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|all| all.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
 /// The Ready condition (and the pressure conditions) of a healthy node.
 pub fn node_conditions(now: &str) -> Value {
     let condition = |type_: &str, status: &str, reason: &str, message: &str| {

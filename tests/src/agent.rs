@@ -157,23 +157,6 @@ impl TestNode {
     }
 }
 
-fn kill_tree(dir: &Path) {
-    for pid in fs::read_to_string(dir.join("cgroup.procs"))
-        .unwrap_or_default()
-        .lines()
-    {
-        if let Ok(pid) = pid.trim().parse() {
-            let _ =
-                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
-        }
-    }
-    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
-        if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            kill_tree(&entry.path());
-        }
-    }
-}
-
 impl Drop for TestNode {
     /// Kills the agent, every process of its pods, unmounts what is mounted
     /// under its data dir and removes its cgroups.
@@ -181,7 +164,7 @@ impl Drop for TestNode {
         self.kill9();
         let parent = Path::new(&self.cgroup_parent);
         for dir in cgroup::existing_dirs(parent) {
-            kill_tree(&dir);
+            cgroup::kill_tree(&dir);
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
         let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();

@@ -17,6 +17,7 @@ use crate::controller::informer::{key_of, revision_of};
 use crate::controller::util::split_key;
 use crate::controller::{runner, Action, Informer, Metrics, ReconcileError};
 use crate::error::ApiError;
+use crate::heartbeat::node_is_ready;
 use crate::patch::PatchType;
 
 /// How long a worker waits for its own write to reach the cache.
@@ -31,13 +32,6 @@ fn node_of(pod: &Pod) -> Option<&str> {
         .as_ref()
         .and_then(|s| s.node_name.as_deref())
         .filter(|n| !n.is_empty())
-}
-
-fn is_ready(node: &Node) -> bool {
-    node.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|all| all.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 /// True for a pod this hollow node has nothing to do for: finished, or
@@ -82,7 +76,7 @@ fn on_node(shared: &Shared, node: &Node) {
         return;
     };
     if let Some(entry) = shared.node(name) {
-        if entry.is_alive() && !is_ready(node) {
+        if entry.is_alive() && !node_is_ready(node) {
             shared.queue.add(name.to_string());
         }
     }
@@ -260,7 +254,7 @@ async fn reconcile_node(shared: &Shared, name: &str) -> Result<Action, Reconcile
         return Err(ReconcileError::Stale("node informer not started".into()));
     };
     match nodes.get(name) {
-        Some(node) if !is_ready(&node) => {}
+        Some(node) if !node_is_ready(&node) => {}
         _ => return Ok(Action::Done),
     }
     let patch =

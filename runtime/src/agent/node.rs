@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
-use orch_core::heartbeat::{self, LEASE_NAMESPACE};
+use orch_core::heartbeat::{self, node_is_ready, LEASE_NAMESPACE};
 use orch_core::patch::PatchType;
 use orch_core::{ApiError, Client};
 use serde_json::{json, Value};
@@ -131,13 +131,6 @@ pub async fn renew_lease(
     }
 }
 
-fn is_ready(node: &Node) -> bool {
-    node.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|all| all.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
 /// Renews the Lease every `renew_interval`, and every `status_interval`
 /// checks the Node: re-registers it if it was deleted, posts Ready again
 /// if the control plane marked it otherwise. Runs until `stop`.
@@ -169,7 +162,7 @@ pub async fn heartbeat(
             }
             _ = check.tick() => {
                 match client.get::<Node>(None, &config.node_name).await {
-                    Ok(node) if is_ready(&node) => {}
+                    Ok(node) if node_is_ready(&node) => {}
                     Ok(_) => {
                         let patch = json!({"status": {"conditions":
                             heartbeat::node_conditions(&orch_core::object::now_rfc3339())}});

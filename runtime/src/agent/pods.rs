@@ -435,6 +435,7 @@ async fn sync(shared: &Shared, cache: &Cache<Pod>, pod: &Pod) -> Result<Action, 
     let mut step = Step::default();
     let mut forced_phase = None;
     let volumes_ready = sandbox_ready && prepare_volumes(shared, pod, &mut step).await;
+    let mut read_before = None;
     if volumes_ready {
         let runs = Runs::of(shared.runtime.pod_containers(&uid).await.map_err(local)?);
         shared.watch_exits(&runs, &key);
@@ -474,15 +475,23 @@ async fn sync(shared: &Shared, cache: &Cache<Pod>, pod: &Pod) -> Result<Action, 
                 }
             }
         }
+        read_before = Some(runs);
     } else if !sandbox_ready {
         step.wake(shared.config.retry_interval);
     }
-    let runs = match shared.runtime.pod_containers(&uid).await {
-        Ok(all) => Runs::of(all),
-        Err(PodError::NotFound(_)) => Runs::default(),
-        Err(e) => return Err(local(e)),
+    // Read again only if this pass started a container.
+    let runs = match read_before {
+        Some(runs) if !step.started => runs,
+        _ => {
+            let runs = match shared.runtime.pod_containers(&uid).await {
+                Ok(all) => Runs::of(all),
+                Err(PodError::NotFound(_)) => Runs::default(),
+                Err(e) => return Err(local(e)),
+            };
+            shared.watch_exits(&runs, &key);
+            runs
+        }
     };
-    shared.watch_exits(&runs, &key);
     let ready = match &sandbox {
         Ok(sandbox) => check_health(shared, pod, sandbox, &runs, &mut step).await,
         Err(_) => HashMap::new(),
@@ -658,6 +667,8 @@ async fn check_health(
 #[derive(Debug, Default)]
 struct Step {
     wake_in: Option<Duration>,
+    /// A container was started (the runs read before are out of date).
+    started: bool,
 }
 
 impl Step {
@@ -925,6 +936,7 @@ async fn start(
                 notes.failures.remove(name);
                 notes.retry_at.remove(name);
             }
+            step.started = true;
             tracing::info!(container = %info.record.id, "container started");
             shared
                 .event(

@@ -153,6 +153,26 @@ pub fn pids(path: &Path) -> Vec<i32> {
         .unwrap_or_default()
 }
 
+/// Sends SIGKILL to every process of the cgroup directory `dir` (a path
+/// under a hierarchy, e.g. from [`existing_dirs`]) and of its children.
+/// Best effort: for cleaning up after a failed test or a lost agent.
+pub fn kill_tree(dir: &Path) {
+    for pid in fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+    {
+        if let Ok(pid) = pid.trim().parse() {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+        }
+    }
+    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            kill_tree(&entry.path());
+        }
+    }
+}
+
 /// What a cgroup's processes use, as cgroups count it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Usage {

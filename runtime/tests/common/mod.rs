@@ -39,7 +39,7 @@ impl Drop for Fixture {
         let pods = self.pods.lock().unwrap_or_else(|e| e.into_inner()).clone();
         for uid in &pods {
             for dir in cgroup::existing_dirs(&cgroup::pod_path("orch", uid)) {
-                kill_tree(&dir);
+                cgroup::kill_tree(&dir);
             }
         }
         let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
@@ -53,23 +53,6 @@ impl Drop for Fixture {
         }
         for uid in &pods {
             let _ = cgroup::remove_tree(&cgroup::pod_path("orch", uid));
-        }
-    }
-}
-
-pub fn kill_tree(dir: &Path) {
-    for pid in fs::read_to_string(dir.join("cgroup.procs"))
-        .unwrap_or_default()
-        .lines()
-    {
-        if let Ok(pid) = pid.trim().parse() {
-            let _ =
-                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
-        }
-    }
-    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
-        if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            kill_tree(&entry.path());
         }
     }
 }
