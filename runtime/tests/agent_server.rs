@@ -16,7 +16,8 @@ use hyper::body::Incoming;
 use hyper::StatusCode;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use orch_runtime::agent::server::{self, AgentLogs, AgentServerConfig, AgentServerHandle};
+use orch_runtime::agent::server::{self, AgentPods, AgentServerConfig, AgentServerHandle};
+use orch_runtime::pod::{ExecError, ExecProcess, ExecRequest};
 use serde_json::Value;
 
 const TOKEN: &str = "s3cret-agent-token";
@@ -45,7 +46,7 @@ impl FakeAgent {
     }
 }
 
-impl AgentLogs for FakeAgent {
+impl AgentPods for FakeAgent {
     fn pod_uid(&self, namespace: &str, name: &str) -> Option<String> {
         self.uids
             .lock()
@@ -69,6 +70,23 @@ impl AgentLogs for FakeAgent {
             .copied()
             .unwrap_or(false);
         Box::pin(async move { running })
+    }
+
+    fn running_container<'a>(
+        &'a self,
+        _pod_uid: &'a str,
+        container: &'a str,
+    ) -> BoxFuture<'a, Result<String, ExecError>> {
+        // This fake serves logs only; it runs no containers.
+        Box::pin(async move { Err(ExecError::NotRunning(container.to_string())) })
+    }
+
+    fn exec<'a>(
+        &'a self,
+        container_id: &'a str,
+        _request: ExecRequest,
+    ) -> BoxFuture<'a, Result<ExecProcess, ExecError>> {
+        Box::pin(async move { Err(ExecError::NotRunning(container_id.to_string())) })
     }
 }
 

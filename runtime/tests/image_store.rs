@@ -3,13 +3,10 @@
 //! on loopback with images pushed by skopeo, and docker-archive tarballs.
 
 use std::fs;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use orch_runtime::image::{
     is_mount_point, ImageError, ImageStore, PullPolicy, RegistryOptions, RootfsMount,
@@ -447,84 +444,9 @@ fn docker_archive_import() {
     assert!(err.to_string().contains("docker archive"), "{err}");
 }
 
-/// Debian's docker-registry serving plain HTTP on a loopback port.
-struct Registry {
-    child: Child,
-    addr: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Registry {
-    fn start() -> Registry {
-        let dir = tempfile::tempdir().unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr = format!("127.0.0.1:{port}");
-        let config = dir.path().join("config.yml");
-        fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  \
-                 delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
-                dir.path().join("storage").display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(dir.path().join("registry.log")).unwrap())
-            .spawn()
-            .expect("docker-registry (Debian package docker-registry) must be installed");
-        let registry = Registry {
-            child,
-            addr,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(mut s) = TcpStream::connect(&registry.addr) {
-                let _ = write!(s, "GET /v2/ HTTP/1.0\r\n\r\n");
-                let mut answer = String::new();
-                let _ = s.read_to_string(&mut answer);
-                if answer.starts_with("HTTP/1.") && answer.contains(" 200 ") {
-                    return registry;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "docker-registry did not start on {}",
-                registry.addr
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn push(&self, layout: &Path, name: &str) {
-        run(Command::new("skopeo").args([
-            "--insecure-policy",
-            "copy",
-            "--dest-tls-verify=false",
-            &format!("oci:{}:latest", layout.display()),
-            &format!("docker://{}/{name}", self.addr),
-        ]));
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
+#[path = "../../tests/src/registry.rs"]
+mod registry;
+use registry::TestRegistry as Registry;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pull_from_a_local_registry() {

@@ -2,6 +2,7 @@
 //! busybox pods through libcontainer, scheduled by a real control plane and
 //! driven by the real kubectl. Needs root (namespaces, cgroups, overlayfs).
 
+mod exec;
 mod logs;
 mod pods;
 mod probes;
@@ -15,6 +16,9 @@ use orch_tests::api::TestApi;
 use orch_tests::wait_until;
 use serde_json::Value;
 
+/// The token the agents' API requires of the API server.
+const AGENT_TOKEN: &str = "rig-agent-token";
+
 /// A control plane running the loops, and one agent.
 pub struct Rig {
     /// The control plane and kubectl.
@@ -25,10 +29,23 @@ pub struct Rig {
 
 impl Rig {
     /// Starts the control plane and agent `n1`, and waits until the node is
-    /// Ready.
+    /// Ready. The agent's API requires a token, which the API server sends.
     pub async fn start() -> Rig {
-        let api = TestApi::start_with(|c| c.loops = Some(LoopSettings::default())).await;
-        let node = TestNode::start(&api, "n1", &[]);
+        Rig::start_with(&[]).await
+    }
+
+    /// [`Rig::start`] with more flags for the agent.
+    pub async fn start_with(agent_args: &[&str]) -> Rig {
+        let api = TestApi::start_with(|c| {
+            c.loops = Some(LoopSettings::default());
+            c.agent_token = Some(AGENT_TOKEN.to_string());
+        })
+        .await;
+        let token_file = api.path("agent-token");
+        std::fs::write(&token_file, AGENT_TOKEN).unwrap();
+        let mut args = vec!["--agent-token-file", token_file.to_str().unwrap()];
+        args.extend_from_slice(agent_args);
+        let node = TestNode::start(&api, "n1", &args);
         let rig = Rig { api, node };
         rig.wait_node_ready().await;
         rig

@@ -5,6 +5,8 @@
 
 use std::time::{Duration, Instant};
 
+use orch_tests::registry::TestRegistry;
+
 use crate::{container_status, phase, Rig};
 
 fn manifest(name: &str, restart: &str, containers: &str) -> String {
@@ -63,6 +65,69 @@ async fn a_pod_runs_logs_and_is_deleted_within_its_grace_period() {
     for reason in ["Scheduled", "Pulled", "Started", "Killing"] {
         assert!(events.contains(reason), "no {reason} event in:\n{events}");
     }
+}
+
+#[tokio::test]
+async fn container_logs_are_rotated_by_size() {
+    let rig = Rig::start_with(&[
+        "--container-log-max-size",
+        "16Ki",
+        "--container-log-max-files",
+        "3",
+        "--log-check-interval-ms",
+        "200",
+    ])
+    .await;
+    // About 6 KiB every 0.3 s, 120 KiB in all, then a last line.
+    let script = "for b in $(seq 20); do for i in $(seq 100); do \
+        echo \"batch $b line $i ..........................................\"; done; sleep 0.3; done; \
+        echo last-line; sleep 3600";
+    rig.apply(&manifest("chatty", "Always", &container("main", script)))
+        .await;
+    rig.wait_pod("chatty", "Running", Duration::from_secs(30), |p| {
+        phase(p) == "Running"
+    })
+    .await;
+    crate::wait_until("the last line logged", Duration::from_secs(30), || async {
+        let out = rig.api.kubectl(&["logs", "chatty", "--tail=1"]).await;
+        (out.stdout == "last-line\n").then_some(())
+    })
+    .await;
+    let pod = rig.pod("chatty").await.unwrap();
+    let live = rig.log_file(&pod, "main", 0);
+    let size = |path: &std::path::Path| std::fs::metadata(path).map(|m| m.len()).ok();
+    let rotated = |n: usize| {
+        let mut name = live.clone().into_os_string();
+        name.push(format!(".{n}"));
+        std::path::PathBuf::from(name)
+    };
+    // The live file and at most two copies, none much over the limit
+    // (a file grows by at most one batch between two checks).
+    assert!(size(&live).unwrap() < 32 << 10, "{:?}", size(&live));
+    for n in [1, 2] {
+        let copy = size(&rotated(n)).unwrap_or_else(|| {
+            let files: Vec<_> = std::fs::read_dir(live.parent().unwrap())
+                .unwrap()
+                .flatten()
+                .map(|e| (e.file_name(), e.metadata().unwrap().len()))
+                .collect();
+            let status = container_status(&pod, "main").clone();
+            panic!("no copy {n}: {files:?}\n{status:#}")
+        });
+        assert!(
+            (16 << 10..32 << 10).contains(&copy),
+            "copy {n}: {copy} bytes"
+        );
+    }
+    assert_eq!(size(&rotated(3)), None, "only 3 files are kept");
+    // Truncation falls between writes: the live file holds whole lines.
+    let text = std::fs::read_to_string(&live).unwrap();
+    assert!(text.ends_with("last-line\n"), "{text}");
+    assert!(
+        text.lines()
+            .all(|l| l == "last-line" || (l.starts_with("batch ") && l.ends_with("...."))),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -289,10 +354,40 @@ async fn a_killed_agent_adopts_its_running_pods_when_it_comes_back() {
 }
 
 #[tokio::test]
-async fn an_image_that_cannot_be_pulled_backs_off_with_the_registry_error() {
+async fn images_are_pulled_from_a_registry_and_a_missing_one_backs_off_with_its_error() {
+    let registry = TestRegistry::start();
+    registry.push(
+        orch_tests::agent::test_image_layout(),
+        "tools/busybox:pushed",
+    );
     let rig = Rig::start().await;
-    let yaml = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: nopull\nspec:\n  containers:\n  - name: main\n    image: 127.0.0.1:1/missing:1.0\n";
-    rig.apply(yaml).await;
+    let manifest_for = |name: &str, image: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  containers:\n  - name: main\n    image: {image}\n    imagePullPolicy: Always\n    command: [\"sh\", \"-c\", \"echo pulled; sleep 3600\"]\n"
+        )
+    };
+    // An image only the registry has: pulled, then run.
+    rig.apply(&manifest_for(
+        "pulled",
+        &format!("{}/tools/busybox:pushed", registry.addr),
+    ))
+    .await;
+    let running = rig
+        .wait_pod("pulled", "Running", Duration::from_secs(60), |p| {
+            phase(p) == "Running"
+        })
+        .await;
+    assert!(
+        container_status(&running, "main")["imageID"]
+            .as_str()
+            .is_some_and(|id| id.contains("@sha256:")),
+        "{running:#}"
+    );
+    assert_eq!(rig.api.kubectl_ok(&["logs", "pulled"]).await, "pulled\n");
+
+    // A tag the registry does not have: its own words, then back-off.
+    let missing = format!("{}/tools/busybox:missing", registry.addr);
+    rig.apply(&manifest_for("nopull", &missing)).await;
     let pod = rig
         .wait_pod("nopull", "ImagePullBackOff", Duration::from_secs(30), |p| {
             container_status(p, "main")["state"]["waiting"]["reason"] == "ImagePullBackOff"
@@ -302,10 +397,32 @@ async fn an_image_that_cannot_be_pulled_backs_off_with_the_registry_error() {
         .as_str()
         .unwrap()
         .to_string();
-    assert!(message.contains("127.0.0.1:1/missing:1.0"), "{message}");
+    assert!(message.contains(&missing), "{message}");
+    assert!(message.contains("manifest unknown"), "{message}");
     assert_eq!(phase(&pod), "Pending");
     let events = rig.api.kubectl_ok(&["get", "events"]).await;
     assert!(events.contains("Failed to pull image"), "{events}");
+    let get = rig.api.kubectl_ok(&["get", "pod", "nopull"]).await;
+    assert!(
+        get.contains("ImagePullBackOff") || get.contains("ErrImagePull"),
+        "{get}"
+    );
+
+    // A registry that does not answer at all.
+    rig.apply(&manifest_for("noregistry", "127.0.0.1:1/missing:1.0"))
+        .await;
+    let pod = rig
+        .wait_pod(
+            "noregistry",
+            "ImagePullBackOff",
+            Duration::from_secs(30),
+            |p| container_status(p, "main")["state"]["waiting"]["reason"] == "ImagePullBackOff",
+        )
+        .await;
+    let message = container_status(&pod, "main")["state"]["waiting"]["message"]
+        .as_str()
+        .unwrap_or("");
+    assert!(message.contains("127.0.0.1:1/missing:1.0"), "{message}");
 }
 
 #[tokio::test]

@@ -14,6 +14,9 @@ use tempfile::TempDir;
 
 use crate::api::TestApi;
 
+/// Numbers the test nodes of this process.
+static NEXT_NODE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// The image every test pod uses (imported into each node's store).
 pub const IMAGE: &str = "busybox:latest";
 
@@ -85,7 +88,13 @@ impl TestNode {
             .expect("test image imports");
         let mut node = TestNode {
             name: name.to_string(),
-            cgroup_parent: format!("orch-test-{}-{name}", std::process::id()),
+            // Unique per node: tests of one process run in parallel, and a
+            // node's teardown kills everything under its parent.
+            cgroup_parent: format!(
+                "orch-test-{}-{}-{name}",
+                std::process::id(),
+                NEXT_NODE.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ),
             dir,
             server: api.addr.clone(),
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),

@@ -21,19 +21,47 @@ pub fn write_kubeconfig(path: &Path, addr: &str) {
 
 /// Runs the real kubectl with `kubeconfig`, caching discovery in `cache`.
 pub async fn kubectl(kubeconfig: &Path, cache: &Path, args: &[&str]) -> KubectlOutput {
+    kubectl_fed(kubeconfig, cache, args, None).await
+}
+
+/// Runs the real kubectl with `input` on its stdin (else `/dev/null`).
+pub async fn kubectl_fed(
+    kubeconfig: &Path,
+    cache: &Path,
+    args: &[&str],
+    input: Option<&[u8]>,
+) -> KubectlOutput {
+    use std::io::Write;
+    use std::process::Stdio;
     let kubeconfig = kubeconfig.to_path_buf();
     let cache = cache.to_path_buf();
     let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let input = input.map(<[u8]>::to_vec);
     tokio::task::spawn_blocking(move || {
-        let output = Command::new("kubectl")
+        let mut child = Command::new("kubectl")
             .args(&args)
             .env("KUBECONFIG", &kubeconfig)
             .env("KUBECACHEDIR", &cache)
             .env("HOME", cache.parent().unwrap())
-            .output()
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
             .expect("kubectl is installed");
+        if let Some(input) = input {
+            let mut stdin = child.stdin.take().unwrap();
+            std::thread::spawn(move || {
+                let _ = stdin.write_all(&input);
+            });
+        }
+        let output = child.wait_with_output().expect("kubectl runs");
         KubectlOutput {
             success: output.status.success(),
+            code: output.status.code(),
             stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
         }
@@ -69,6 +97,8 @@ pub struct TestApi {
 pub struct KubectlOutput {
     /// Exit status was success.
     pub success: bool,
+    /// The exit code (`None` if a signal ended it).
+    pub code: Option<i32>,
     /// Standard output.
     pub stdout: String,
     /// Standard error.
@@ -115,6 +145,17 @@ impl TestApi {
     /// Runs kubectl with the test kubeconfig (a fresh cache dir per test).
     pub async fn kubectl(&self, args: &[&str]) -> KubectlOutput {
         kubectl(&self.kubeconfig, &self.dir.path().join("kube-cache"), args).await
+    }
+
+    /// Runs kubectl with `input` on its stdin.
+    pub async fn kubectl_fed(&self, args: &[&str], input: &[u8]) -> KubectlOutput {
+        kubectl_fed(
+            &self.kubeconfig,
+            &self.path("kube-cache"),
+            args,
+            Some(input),
+        )
+        .await
     }
 
     /// Runs kubectl and panics unless it succeeds; returns stdout.

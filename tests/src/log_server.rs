@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
-use orch_runtime::agent::server::{self, AgentLogs, AgentServerConfig, AgentServerHandle};
+use orch_runtime::agent::server::{self, AgentPods, AgentServerConfig, AgentServerHandle};
+use orch_runtime::pod::{ExecError, ExecProcess, ExecRequest};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
@@ -36,7 +37,7 @@ impl FakePods {
     }
 }
 
-impl AgentLogs for FakePods {
+impl AgentPods for FakePods {
     fn pod_uid(&self, namespace: &str, name: &str) -> Option<String> {
         self.uids
             .lock()
@@ -59,6 +60,23 @@ impl AgentLogs for FakePods {
             .copied()
             .unwrap_or(false);
         Box::pin(async move { running })
+    }
+
+    fn running_container<'a>(
+        &'a self,
+        _pod_uid: &'a str,
+        container: &'a str,
+    ) -> BoxFuture<'a, Result<String, ExecError>> {
+        // This fake serves logs only; it runs no containers.
+        Box::pin(async move { Err(ExecError::NotRunning(container.to_string())) })
+    }
+
+    fn exec<'a>(
+        &'a self,
+        container_id: &'a str,
+        _request: ExecRequest,
+    ) -> BoxFuture<'a, Result<ExecProcess, ExecError>> {
+        Box::pin(async move { Err(ExecError::NotRunning(container_id.to_string())) })
     }
 }
 

@@ -406,6 +406,9 @@ async fn object_verb(
             )
             .await
         }
+        (&Method::GET | &Method::POST, Some("exec")) if resource.plural == "pods" => {
+            Err(ApiError::bad_request("Upgrade request required"))
+        }
         (&Method::POST, Some("binding")) => {
             let binding = parse_body(&body)?;
             let node = binding["target"]["name"]

@@ -29,6 +29,7 @@ use crate::error::ApiError;
 use crate::registry::Registry;
 
 pub use proxy::NodeProxy;
+pub use request::Query;
 pub use route::{parse as parse_route, Route};
 
 pub(crate) use handlers::dispatch;
@@ -129,11 +130,49 @@ pub(crate) fn error_response(error: &ApiError) -> Response<Body> {
     json_response(status, &error.to_status())
 }
 
+/// A request to switch protocols: only `pods/{name}/exec` takes one (the
+/// stream is relayed to the pod's agent); anything else is refused.
+async fn upgrade(server: &ApiServer, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    match parse_route(req.uri().path())? {
+        Route::Object {
+            resource,
+            namespace,
+            name,
+            subresource: Some(sub),
+        } if resource.plural == "pods" && sub == "exec" => {
+            let namespace = namespace.unwrap_or_else(|| "default".to_string());
+            proxy::pod_exec(server.node_proxy(), server.registry(), &namespace, &name, req).await
+        }
+        Route::Object {
+            resource,
+            subresource: Some(sub),
+            ..
+        } if resource.plural == "pods" && (sub == "attach" || sub == "portforward") => {
+            Err(ApiError::bad_request(format!(
+                "orch does not serve pods/{sub}: a container's output is in its log (kubectl logs -f)"
+            )))
+        }
+        _ => Err(ApiError::bad_request(format!(
+            "{} does not switch protocols",
+            req.uri().path()
+        ))),
+    }
+}
+
 async fn handle(server: Arc<ApiServer>, req: Request<Incoming>) -> Response<Body> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let span = tracing::info_span!("api", %method, %path);
     async move {
+        if proxy::is_upgrade(&req) {
+            return match upgrade(&server, req).await {
+                Ok(response) => response,
+                Err(e) => {
+                    tracing::debug!(code = e.code, message = %e.message, "upgrade refused");
+                    error_response(&e)
+                }
+            };
+        }
         let (parts, body) = req.into_parts();
         let body = match Limited::new(body, MAX_BODY_BYTES).collect().await {
             Ok(body) => body.to_bytes(),

@@ -17,7 +17,7 @@ use http_body_util::{BodyExt, Empty, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::Value;
 use tracing::Instrument;
 
@@ -290,24 +290,6 @@ pub(crate) fn agent_authority(node: &Value) -> Result<String, ApiError> {
     }
 }
 
-/// The query passed on to the agent: the log parameters of the client's
-/// raw query, still encoded.
-fn agent_query(raw: Option<&str>) -> String {
-    let kept: Vec<&str> = raw
-        .unwrap_or("")
-        .split('&')
-        .filter(|pair| {
-            let key = pair.split_once('=').map_or(*pair, |(k, _)| k);
-            LOG_PARAMETERS.contains(&key)
-        })
-        .collect();
-    if kept.is_empty() {
-        String::new()
-    } else {
-        format!("?{}", kept.join("&"))
-    }
-}
-
 /// `GET /api/v1/namespaces/{ns}/pods/{name}/log`: the container's log from
 /// the agent of the pod's node.
 pub(crate) async fn pod_log(
@@ -337,10 +319,211 @@ pub(crate) async fn pod_log(
             encode_segment(namespace),
             encode_segment(name),
             encode_segment(&container),
-            agent_query(raw_query)
+            kept_query(raw_query, LOG_PARAMETERS)
         );
         tracing::debug!(%authority, %path, "proxying to the node agent");
         proxy.get(node, &authority, &path).await
+    }
+    .instrument(span)
+    .await
+}
+
+/// Query parameters of an `exec` request passed on to the agent.
+const EXEC_PARAMETERS: &[&str] = &["command", "stdin", "stdout", "stderr", "tty"];
+
+/// Request headers of an upgrade passed on to the agent (the WebSocket
+/// handshake, and SPDY's so that the agent can refuse it by name).
+const UPGRADE_REQUEST_HEADERS: &[&str] = &[
+    "upgrade",
+    "connection",
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-websocket-protocol",
+    "sec-websocket-extensions",
+    "x-stream-protocol-version",
+];
+
+/// Response headers of an agent's `101 Switching Protocols` passed back.
+const UPGRADE_RESPONSE_HEADERS: &[&str] = &[
+    "upgrade",
+    "connection",
+    "sec-websocket-accept",
+    "sec-websocket-protocol",
+    "sec-websocket-extensions",
+    "x-stream-protocol-version",
+];
+
+/// Whether a request asks to switch protocols (`Connection: Upgrade` with
+/// an `Upgrade` header), as `kubectl exec` does.
+pub(crate) fn is_upgrade<B>(req: &Request<B>) -> bool {
+    let connection = req
+        .headers()
+        .get_all("connection")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    connection && req.headers().contains_key("upgrade")
+}
+
+/// The query passed on to the agent: `raw`'s pairs whose key is one of
+/// `keep`, still encoded.
+fn kept_query(raw: Option<&str>, keep: &[&str]) -> String {
+    let kept: Vec<&str> = raw
+        .unwrap_or("")
+        .split('&')
+        .filter(|pair| {
+            let key = pair.split_once('=').map_or(*pair, |(k, _)| k);
+            keep.contains(&key)
+        })
+        .collect();
+    if kept.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", kept.join("&"))
+    }
+}
+
+impl NodeProxy {
+    /// Sends the upgrade request `req` to `path_and_query` on the agent at
+    /// `authority` and, once the agent has switched protocols, splices the
+    /// client's connection to the agent's: the API server relays bytes and
+    /// reads none of them.
+    async fn upgrade(
+        &self,
+        node: &str,
+        authority: &str,
+        path_and_query: &str,
+        mut req: Request<Incoming>,
+    ) -> Result<Response<Body>, ApiError> {
+        let unreachable = |detail: String| {
+            ApiError::unavailable(format!(
+                "the agent of node {node} at {authority} cannot be reached: {detail}"
+            ))
+        };
+        let stream = match tokio::time::timeout(
+            AGENT_CONNECT_TIMEOUT,
+            tokio::net::TcpStream::connect(authority),
+        )
+        .await
+        {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return Err(unreachable(e.to_string())),
+            Err(_) => return Err(unreachable("connect timed out".to_string())),
+        };
+        let _ = stream.set_nodelay(true);
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| unreachable(error_chain(&e)))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.with_upgrades().await {
+                tracing::debug!(error = %e, "agent connection ended");
+            }
+        });
+        let mut request = Request::builder()
+            .method(req.method().clone())
+            .uri(path_and_query)
+            .header("host", authority);
+        for name in UPGRADE_REQUEST_HEADERS {
+            for value in req.headers().get_all(*name) {
+                request = request.header(*name, value.clone());
+            }
+        }
+        if let Some(token) = &self.agent_token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let request = request
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| ApiError::internal(format!("building the upgrade request: {e}")))?;
+        let mut response = match tokio::time::timeout(
+            AGENT_RESPONSE_TIMEOUT,
+            sender.send_request(request),
+        )
+        .await
+        {
+            Ok(Ok(response)) => response,
+            Ok(Err(e)) => return Err(unreachable(error_chain(&e))),
+            Err(_) => {
+                return Err(unreachable(format!(
+                    "no answer within {}s",
+                    AGENT_RESPONSE_TIMEOUT.as_secs()
+                )))
+            }
+        };
+        let status = response.status();
+        if status != StatusCode::SWITCHING_PROTOCOLS {
+            return Err(agent_error(node, status, response.into_body()).await);
+        }
+        let mut answer = Response::builder().status(StatusCode::SWITCHING_PROTOCOLS);
+        for name in UPGRADE_RESPONSE_HEADERS {
+            for value in response.headers().get_all(*name) {
+                answer = answer.header(*name, value.clone());
+            }
+        }
+        let from_client = hyper::upgrade::on(&mut req);
+        let to_agent = hyper::upgrade::on(&mut response);
+        tokio::spawn(
+            async move {
+                match tokio::try_join!(from_client, to_agent) {
+                    Ok((client, agent)) => {
+                        let (mut client, mut agent) = (TokioIo::new(client), TokioIo::new(agent));
+                        match tokio::io::copy_bidirectional(&mut client, &mut agent).await {
+                            Ok((up, down)) => tracing::debug!(up, down, "stream ended"),
+                            Err(e) => tracing::debug!(error = %e, "stream broke"),
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "the upgrade did not complete"),
+                }
+            }
+            .instrument(tracing::Span::current()),
+        );
+        Ok(answer
+            .body(BodyExt::boxed(Empty::new().map_err(|never| match never {})))
+            .expect("headers copied from a valid response"))
+    }
+}
+
+/// `pods/{name}/exec` with an upgrade: checks the pod and container as
+/// kube-apiserver does, then splices the stream to the agent of the pod's
+/// node, which runs the command (see the agent's `server::exec`).
+pub(crate) async fn pod_exec(
+    proxy: &NodeProxy,
+    registry: &Registry,
+    namespace: &str,
+    name: &str,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let raw_query = req.uri().query().map(str::to_string);
+    let query = Query::parse(raw_query.as_deref());
+    let pods = resource::find("", "v1", "pods").expect("pods are served");
+    let nodes = resource::find("", "v1", "nodes").expect("nodes are served");
+    let pod = registry.get(pods, Some(namespace), name).await?;
+    let container = pick_container(&pod, name, query.get("container"))?;
+    let phase = pod["status"]["phase"].as_str().unwrap_or("");
+    if matches!(phase, "Succeeded" | "Failed") {
+        return Err(ApiError::bad_request(format!(
+            "cannot exec into a container in a completed pod; current phase is {phase}"
+        )));
+    }
+    let node = pod["spec"]["nodeName"].as_str().unwrap_or("");
+    if node.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "pod {name} does not have a host assigned"
+        )));
+    }
+    let span = tracing::info_span!("pod_exec", %namespace, pod = %name, %container, %node);
+    async move {
+        let node_object = registry.get(nodes, None, node).await?;
+        let authority = agent_authority(&node_object)?;
+        let path = format!(
+            "/exec/{}/{}/{}{}",
+            encode_segment(namespace),
+            encode_segment(name),
+            encode_segment(&container),
+            kept_query(raw_query.as_deref(), EXEC_PARAMETERS)
+        );
+        tracing::debug!(%authority, %path, "upgrading through the node agent");
+        proxy.upgrade(node, &authority, &path, req).await
     }
     .instrument(span)
     .await
@@ -406,10 +589,20 @@ mod tests {
     #[test]
     fn only_log_parameters_reach_the_agent() {
         assert_eq!(
-            agent_query(Some("container=a&follow=true&tailLines=2&pretty=1")),
+            kept_query(
+                Some("container=a&follow=true&tailLines=2&pretty=1"),
+                LOG_PARAMETERS
+            ),
             "?follow=true&tailLines=2"
         );
-        assert_eq!(agent_query(None), "");
+        assert_eq!(kept_query(None, LOG_PARAMETERS), "");
+        assert_eq!(
+            kept_query(
+                Some("command=ls&command=-l&container=c&stdout=1"),
+                EXEC_PARAMETERS
+            ),
+            "?command=ls&command=-l&stdout=1"
+        );
         assert_eq!(encode_segment("a b/c"), "a%20b%2Fc");
     }
 }

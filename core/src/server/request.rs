@@ -1,8 +1,6 @@
 //! What the server reads from a request besides its path: query
 //! parameters and the content types asked for.
 
-use std::collections::HashMap;
-
 use crate::error::ApiError;
 use crate::registry::ListOptions;
 use crate::selector::{FieldSelector, LabelSelector};
@@ -34,24 +32,41 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Query parameters of a request.
+/// Query parameters of a request, decoded, in their order.
 #[derive(Debug, Clone, Default)]
-pub struct Query(HashMap<String, String>);
+pub struct Query(Vec<(String, String)>);
 
 impl Query {
     /// Parses a raw query string.
     pub fn parse(raw: Option<&str>) -> Query {
-        let mut map = HashMap::new();
-        for pair in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            map.insert(percent_decode(k), percent_decode(v));
-        }
-        Query(map)
+        let pairs = raw
+            .unwrap_or("")
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .map(|pair| {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                (percent_decode(k), percent_decode(v))
+            })
+            .collect();
+        Query(pairs)
     }
 
-    /// A parameter's value.
+    /// A parameter's value (the last one if it is repeated).
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).map(String::as_str)
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of a repeated parameter (`command=a&command=b`), in order.
+    pub fn all(&self, key: &str) -> Vec<&str> {
+        self.0
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .collect()
     }
 
     /// True for `watch=1` / `watch=true`.

@@ -41,7 +41,8 @@ where
                 async move { Ok::<_, Infallible>(response.await) }
             });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            // With upgrades: exec sessions switch their connection to a WebSocket.
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             tokio::select! {
                 result = conn => {
                     if let Err(e) = result {

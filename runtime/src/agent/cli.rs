@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use super::log_rotation::LogRotation;
 use super::{Agent, AgentConfig};
 
 /// Flags of `orch-agent`.
@@ -50,6 +51,16 @@ pub struct Args {
     /// How often pods' CPU and memory usage is sampled and published, in ms.
     #[arg(long, default_value_t = 10_000)]
     pub usage_interval_ms: u64,
+    /// A container log file larger than this is rotated (a quantity:
+    /// `10Mi`, `512Ki`, bytes).
+    #[arg(long, default_value = "10Mi", value_parser = parse_size)]
+    pub container_log_max_size: u64,
+    /// Log files kept per run of a container, the live one included.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(2..))]
+    pub container_log_max_files: u64,
+    /// How often container logs' sizes are checked, in ms.
+    #[arg(long, default_value_t = 10_000)]
+    pub log_check_interval_ms: u64,
     /// Imports an image before starting: `PATH=NAME` for an OCI image
     /// layout directory, or `PATH` for a docker-archive tarball (names from
     /// the archive). Repeatable.
@@ -98,6 +109,13 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("label {s:?} is not key=value"))
 }
 
+fn parse_size(s: &str) -> Result<u64, String> {
+    orch_core::quantity::parse(s)
+        .map(|milli| (milli / 1000) as u64)
+        .filter(|bytes| *bytes > 0)
+        .ok_or_else(|| format!("{s:?} is not a size (for example 10Mi)"))
+}
+
 impl Args {
     /// The agent's configuration from the flags.
     pub fn config(&self) -> AgentConfig {
@@ -114,6 +132,11 @@ impl Args {
         config.restart_backoff.initial = Duration::from_millis(self.restart_backoff_ms);
         config.usage_interval = Duration::from_millis(self.usage_interval_ms.max(100));
         config.registry.insecure_registries = self.insecure_registries.clone();
+        config.log_rotation = LogRotation {
+            max_bytes: self.container_log_max_size,
+            max_files: self.container_log_max_files as usize,
+            interval: Duration::from_millis(self.log_check_interval_ms.max(100)),
+        };
         config
     }
 }

@@ -24,6 +24,7 @@ pub mod container;
 pub mod env;
 pub mod health;
 pub mod host;
+pub mod log_rotation;
 pub mod node;
 pub mod pods;
 pub mod probe;
@@ -99,6 +100,8 @@ pub struct AgentConfig {
     /// How often pods' CPU and memory usage is sampled (and published when
     /// it changed).
     pub usage_interval: Duration,
+    /// How large container logs may grow before they are rotated.
+    pub log_rotation: log_rotation::LogRotation,
 }
 
 impl AgentConfig {
@@ -132,6 +135,7 @@ impl AgentConfig {
             workers: 8,
             volume_refresh: Duration::from_secs(10),
             usage_interval: Duration::from_secs(10),
+            log_rotation: log_rotation::LogRotation::default(),
         }
     }
 }
@@ -246,6 +250,11 @@ impl Agent {
             stop.clone(),
         ));
         tasks.spawn(usage::report(shared.clone(), config.usage_interval));
+        tasks.spawn(log_rotation::run(
+            config.runtime.log_dir.clone(),
+            config.log_rotation,
+            stop.clone(),
+        ));
         let on_pod = shared.clone();
         let cache = Informer::<Pod>::new(client)
             .select(Selectors::fields(format!(

@@ -246,7 +246,7 @@ impl Shared {
     }
 }
 
-impl super::server::AgentLogs for Shared {
+impl super::server::AgentPods for Shared {
     fn pod_uid(&self, namespace: &str, name: &str) -> Option<String> {
         let key = format!("{namespace}/{name}");
         // The current object's uid if the host has it, else any pod of
@@ -281,6 +281,32 @@ impl super::server::AgentLogs for Shared {
                 Ok(ContainerState::Running { .. } | ContainerState::Created)
             )
         })
+    }
+
+    fn running_container<'a>(
+        &'a self,
+        pod_uid: &'a str,
+        container: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<String, crate::pod::ExecError>> {
+        Box::pin(async move {
+            let runs = Runs::of(self.runtime.pod_containers(pod_uid).await?);
+            let latest = runs.latest.get(container).ok_or_else(|| {
+                crate::pod::ExecError::Invalid(format!("no container {container}"))
+            })?;
+            match latest.state {
+                ContainerState::Running { .. } => Ok(latest.record.id.clone()),
+                _ => Err(crate::pod::ExecError::NotRunning(latest.record.id.clone())),
+            }
+        })
+    }
+
+    fn exec<'a>(
+        &'a self,
+        container_id: &'a str,
+        request: crate::pod::ExecRequest,
+    ) -> futures::future::BoxFuture<'a, Result<crate::pod::ExecProcess, crate::pod::ExecError>>
+    {
+        Box::pin(self.runtime.exec_streaming(container_id, request))
     }
 }
 

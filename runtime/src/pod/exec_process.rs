@@ -321,9 +321,9 @@ impl ExecTerminal {
     }
 }
 
-impl AsyncRead for ExecTerminal {
-    fn poll_read(
-        self: Pin<&mut Self>,
+impl ExecTerminal {
+    fn poll_read_master(
+        &self,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
@@ -346,14 +346,8 @@ impl AsyncRead for ExecTerminal {
             }
         }
     }
-}
 
-impl AsyncWrite for ExecTerminal {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write_master(&self, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
         loop {
             let mut guard = std::task::ready!(self.master.poll_write_ready(cx))?;
             match guard.try_io(|fd| nix::unistd::write(fd.get_ref(), data).map_err(io::Error::from))
@@ -362,6 +356,56 @@ impl AsyncWrite for ExecTerminal {
                 Err(_would_block) => continue,
             }
         }
+    }
+}
+
+/// Reading and writing need only a shared reference, so that one task can
+/// read the terminal while another writes to it and resizes it.
+impl AsyncRead for &ExecTerminal {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.poll_read_master(cx, buf)
+    }
+}
+
+impl AsyncWrite for &ExecTerminal {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write_master(cx, data)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncRead for ExecTerminal {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.poll_read_master(cx, buf)
+    }
+}
+
+impl AsyncWrite for ExecTerminal {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write_master(cx, data)
     }
 
     fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -1,84 +1,27 @@
-//! The agent's own HTTP API, which the API server calls on behalf of
-//! clients (the kubelet's port):
-//!
-//! - `GET /containerLogs/{namespace}/{pod}/{container}`: a container's log
-//!   (`kubectl logs`), with the kubelet's query parameters `follow`,
-//!   `tailLines`, `previous`, `limitBytes`; `timestamps=true`, `sinceSeconds`
-//!   and `sinceTime` are refused (400), since the log files hold no times
-//!   (see [`crate::pod::logs`]).
-//! - `/exec/...`, `/attach/...`, `/portForward/...`: not served yet (404).
-//!
-//! Every request needs `Authorization: Bearer <token>` when the server has
-//! a token (401 otherwise). Errors are Kubernetes `Status` objects.
-//!
-//! The server reads the log files itself; what only the agent knows comes
-//! through [`AgentLogs`]: which uid a pod name stands for now, and whether
-//! a container run may still write.
+//! `GET /containerLogs/{namespace}/{pod}/{container}`: a container's log
+//! file, whole, tailed, limited or followed while the container runs.
 
 use std::convert::Infallible;
 use std::io::SeekFrom;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::future::BoxFuture;
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full, StreamBody};
-use hyper::body::{Frame, Incoming};
-use hyper::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use hyper::{Response, StatusCode};
 use orch_core::ApiError;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
-use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tracing::Instrument;
 
-/// The response body type of the agent's server.
-pub type Body = BoxBody<Bytes, Infallible>;
+use super::{plain_segment, AgentPods, AgentServer, Body};
 
 /// How often a followed log file is checked for new bytes.
 pub const FOLLOW_POLL_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Largest chunk read from a log file at once.
 const CHUNK_BYTES: usize = 32 << 10;
-
-/// What the log server asks of the agent.
-pub trait AgentLogs: Send + Sync + 'static {
-    /// The uid of the pod `namespace/name` this node runs now (its log
-    /// directory is `<log dir>/<namespace>_<name>_<uid>`), or `None` if the
-    /// agent has no such pod.
-    fn pod_uid(&self, namespace: &str, name: &str) -> Option<String>;
-
-    /// Whether run `attempt` of `container` in pod `pod_uid` may still
-    /// write to its log. A followed log ends once this is false (after a
-    /// last read of the file).
-    fn is_running<'a>(
-        &'a self,
-        pod_uid: &'a str,
-        container: &'a str,
-        attempt: u32,
-    ) -> BoxFuture<'a, bool>;
-}
-
-/// Settings of the agent's server.
-#[derive(Clone)]
-pub struct AgentServerConfig {
-    /// The directory of container logs (the layout of [`crate::pod::logs`]).
-    pub log_dir: PathBuf,
-    /// The bearer token every request must carry; `None` accepts any
-    /// request (tests, or a node on a trusted network).
-    pub token: Option<String>,
-}
-
-impl std::fmt::Debug for AgentServerConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AgentServerConfig")
-            .field("log_dir", &self.log_dir)
-            .field("token", &self.token.as_ref().map(|_| "<set>"))
-            .finish()
-    }
-}
 
 /// Why a log request fails.
 #[derive(Debug, thiserror::Error)]
@@ -229,117 +172,6 @@ impl LogOptions {
     }
 }
 
-/// The agent's server state.
-struct AgentServer {
-    config: AgentServerConfig,
-    pods: Arc<dyn AgentLogs>,
-}
-
-/// A running agent server.
-pub struct AgentServerHandle {
-    /// Where it listens.
-    pub addr: SocketAddr,
-    stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl AgentServerHandle {
-    /// Stops accepting and closes every connection (ending follow streams).
-    pub async fn shutdown(self) {
-        self.stop.send_replace(true);
-        let _ = self.task.await;
-    }
-}
-
-/// Serves the agent's API on `listener` until the handle is shut down.
-pub fn serve(
-    listener: TcpListener,
-    config: AgentServerConfig,
-    pods: Arc<dyn AgentLogs>,
-) -> std::io::Result<AgentServerHandle> {
-    let addr = listener.local_addr()?;
-    let (stop, stopped) = watch::channel(false);
-    let server = Arc::new(AgentServer { config, pods });
-    let task = tokio::spawn(orch_raft_store::network::serve_http(
-        listener,
-        stopped,
-        move |req| handle(server.clone(), req),
-    ));
-    Ok(AgentServerHandle { addr, stop, task })
-}
-
-fn error_response(error: &ApiError) -> Response<Body> {
-    let status = StatusCode::from_u16(error.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(error.to_status().to_string())).boxed())
-        .expect("static response parts are valid")
-}
-
-/// Compares two byte strings in time independent of where they differ.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-impl AgentServer {
-    fn authorized(&self, req: &Request<Incoming>) -> bool {
-        let Some(token) = &self.config.token else {
-            return true;
-        };
-        req.headers()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|given| constant_time_eq(given.trim().as_bytes(), token.as_bytes()))
-    }
-}
-
-async fn handle(server: Arc<AgentServer>, req: Request<Incoming>) -> Response<Body> {
-    let method = req.method().clone();
-    let path = req.uri().path().to_string();
-    let span = tracing::info_span!("agent_api", %method, %path);
-    async move {
-        let result = route(&server, &req).await;
-        match result {
-            Ok(response) => response,
-            Err(e) => {
-                if e.code >= 500 {
-                    tracing::warn!(code = e.code, message = %e.message, "request failed");
-                } else {
-                    tracing::debug!(code = e.code, message = %e.message, "request refused");
-                }
-                error_response(&e)
-            }
-        }
-    }
-    .instrument(span)
-    .await
-}
-
-async fn route(server: &AgentServer, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    if !server.authorized(req) {
-        return Err(LogError::Unauthorized.into());
-    }
-    let path = req.uri().path();
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    match segments.as_slice() {
-        ["containerLogs", namespace, pod, container] => {
-            if req.method() != Method::GET {
-                return Err(ApiError::method_not_allowed(format!(
-                    "{} is not allowed on container logs",
-                    req.method()
-                )));
-            }
-            let options = LogOptions::parse(req.uri().query())?;
-            Ok(container_logs(server, namespace, pod, container, &options).await?)
-        }
-        // `exec`, `attach` and `portForward` come here.
-        _ => Err(ApiError::no_route(path)),
-    }
-}
-
-/// The attempt numbers of a container's log files (`<attempt>.log`),
 /// ascending.
 pub fn attempts(container_dir: &Path) -> std::io::Result<Vec<u32>> {
     let mut found = Vec::new();
@@ -357,13 +189,7 @@ pub fn attempts(container_dir: &Path) -> std::io::Result<Vec<u32>> {
     Ok(found)
 }
 
-/// True for a name that can be a path segment of its own (no separators,
-/// not `.` or `..`).
-fn plain_segment(s: &str) -> bool {
-    !s.is_empty() && s != "." && s != ".." && !s.contains(['/', '\0', '%'])
-}
-
-async fn container_logs(
+pub(super) async fn container_logs(
     server: &AgentServer,
     namespace: &str,
     name: &str,
@@ -497,7 +323,7 @@ struct LogReader {
     position: u64,
     remaining: Option<u64>,
     follow: bool,
-    pods: Arc<dyn AgentLogs>,
+    pods: Arc<dyn AgentPods>,
     uid: String,
     container: String,
     attempt: u32,
