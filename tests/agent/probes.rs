@@ -1,5 +1,6 @@
-//! Probes on a real agent: a failing liveness probe restarts the
-//! container; a readiness probe toggles the pod's Ready condition.
+//! Probes on a real agent: a failing liveness probe, or a startup probe
+//! that never passes, restarts the container; a readiness probe toggles
+//! the pod's Ready condition.
 
 use std::time::Duration;
 
@@ -48,6 +49,49 @@ spec:
     assert!(events.contains("Liveness probe failed"), "{events}");
     assert!(
         events.contains("failed liveness probe, will be restarted"),
+        "{events}"
+    );
+}
+
+#[tokio::test]
+async fn a_startup_probe_that_never_passes_restarts_the_container() {
+    let rig = Rig::start().await;
+    rig.apply(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {name: neverup}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: busybox:latest
+    imagePullPolicy: IfNotPresent
+    command: ["sleep", "3600"]
+    startupProbe:
+      exec: {command: ["test", "-f", "/tmp/started"]}
+      periodSeconds: 1
+      failureThreshold: 2
+    readinessProbe:
+      exec: {command: ["true"]}
+      periodSeconds: 1
+"#,
+    )
+    .await;
+    let pod = rig
+        .wait_pod(
+            "neverup",
+            "restarted after its startup probe failed",
+            Duration::from_secs(40),
+            |p| container_status(p, "main")["restartCount"].as_u64() >= Some(1),
+        )
+        .await;
+    let main = container_status(&pod, "main");
+    assert_eq!(main["started"], false, "{main}");
+    assert_eq!(main["ready"], false, "never ready before started: {main}");
+    let events = rig.api.kubectl_ok(&["get", "events"]).await;
+    assert!(events.contains("Startup probe failed"), "{events}");
+    assert!(
+        events.contains("failed startup probe, will be restarted"),
         "{events}"
     );
 }

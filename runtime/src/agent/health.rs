@@ -27,8 +27,9 @@ pub struct Health {
     pub started: bool,
     /// It is ready (readiness passed, or no readiness probe), once started.
     pub ready: bool,
-    /// Its liveness probe failed for good: why (the container is restarted).
-    pub unhealthy: Option<String>,
+    /// Its liveness probe, or its startup probe, failed for good: which one
+    /// and why (the container is restarted).
+    pub unhealthy: Option<(ProbeKind, String)>,
 }
 
 /// Every running container's probers, by container id.
@@ -113,16 +114,21 @@ impl HealthChecks {
         let mut started = true;
         if let Some(probe) = &container.startup_probe {
             self.ensure(runtime, queue, key, id, ProbeKind::Startup, probe, target());
-            started = self
-                .verdict(id, ProbeKind::Startup)
-                .is_some_and(|v| v.is_success());
-        }
-        if !started {
-            return Health {
-                started,
-                ready: false,
-                unhealthy: None,
-            };
+            let verdict = self.verdict(id, ProbeKind::Startup);
+            started = verdict.as_ref().is_some_and(ProbeVerdict::is_success);
+            if !started {
+                // Failed `failureThreshold` times in a row: restarted, as
+                // the kubelet does.
+                let unhealthy = match verdict {
+                    Some(ProbeVerdict::Failure(message)) => Some((ProbeKind::Startup, message)),
+                    _ => None,
+                };
+                return Health {
+                    started,
+                    ready: false,
+                    unhealthy,
+                };
+            }
         }
         let mut unhealthy = None;
         if let Some(probe) = &container.liveness_probe {
@@ -136,7 +142,7 @@ impl HealthChecks {
                 target(),
             );
             if let Some(ProbeVerdict::Failure(message)) = self.verdict(id, ProbeKind::Liveness) {
-                unhealthy = Some(message);
+                unhealthy = Some((ProbeKind::Liveness, message));
             }
         }
         let mut ready = true;

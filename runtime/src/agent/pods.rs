@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::container::container_config;
 use super::env::{self, PodFacts};
 use super::health::HealthChecks;
-use super::status::{self, exit_of, succeeded, Runs, StatusInputs, Waiting};
+use super::status::{self, exit_of, succeeded, Probed, Runs, StatusInputs, Waiting};
 use super::volumes::{self, PreparedVolumes, VolumeConfig};
 use super::AgentConfig;
 use crate::image::{ImageStore, PullPolicy};
@@ -518,7 +518,7 @@ async fn sync(shared: &Shared, cache: &Cache<Pod>, pod: &Pod) -> Result<Action, 
             runs
         }
     };
-    let ready = match &sandbox {
+    let probes = match &sandbox {
         Ok(sandbox) => check_health(shared, pod, sandbox, &runs, &mut step).await,
         Err(_) => HashMap::new(),
     };
@@ -531,7 +531,7 @@ async fn sync(shared: &Shared, cache: &Cache<Pod>, pod: &Pod) -> Result<Action, 
             &StatusInputs {
                 runs: &runs,
                 waiting: &notes.waiting,
-                ready: &ready,
+                probes: &probes,
                 sandbox_ready,
                 host_ip: &shared.host_ip,
                 pod_ip: None,
@@ -628,20 +628,21 @@ async fn prepare_volumes(shared: &Shared, pod: &Pod, step: &mut Step) -> bool {
     }
 }
 
-/// Runs the probes of the pod's running app containers: readiness by
-/// container id; a container whose liveness probe failed is stopped (and
-/// then restarted by its policy).
+/// Runs the probes of the pod's running app containers: whether each has
+/// started and is ready, by container id; a container whose liveness probe
+/// failed, or whose startup probe failed for good, is stopped (and then
+/// restarted by its policy).
 async fn check_health(
     shared: &Shared,
     pod: &Pod,
     sandbox: &Sandbox,
     runs: &Runs,
     step: &mut Step,
-) -> HashMap<String, bool> {
+) -> HashMap<String, Probed> {
     let uid = sandbox.config.uid.clone();
     let key = key_of(&pod.metadata);
     let spec = pod.spec.clone().unwrap_or_default();
-    let mut ready = HashMap::new();
+    let mut probes = HashMap::new();
     let mut running = Vec::new();
     for c in &spec.containers {
         let Some(run) = runs.latest.get(&c.name) else {
@@ -654,14 +655,21 @@ async fn check_health(
         let health = shared
             .health
             .check(&shared.runtime, &shared.queue, &key, sandbox, &id, c);
-        ready.insert(id.clone(), health.ready && health.started);
-        if let Some(message) = health.unhealthy {
+        probes.insert(
+            id.clone(),
+            Probed {
+                started: health.started,
+                ready: health.ready && health.started,
+            },
+        );
+        if let Some((probe, message)) = health.unhealthy {
+            let probe = probe.name();
             shared
                 .event(
                     pod,
                     "Warning",
                     "Unhealthy",
-                    &format!("Liveness probe failed: {message}"),
+                    &format!("{probe} probe failed: {message}"),
                 )
                 .await;
             shared
@@ -670,8 +678,9 @@ async fn check_health(
                     "Normal",
                     "Killing",
                     &format!(
-                        "Container {} failed liveness probe, will be restarted",
-                        c.name
+                        "Container {} failed {} probe, will be restarted",
+                        c.name,
+                        probe.to_lowercase()
                     ),
                 )
                 .await;
@@ -686,7 +695,7 @@ async fn check_health(
         running.push(id);
     }
     shared.health.retain(&uid, &running);
-    ready
+    probes
 }
 
 /// What a pass decided about when to look again.

@@ -90,6 +90,10 @@ pub enum ProbeResult {
 /// The state a probe has settled on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProbeVerdict {
+    /// Not settled yet: no threshold has been met since the container
+    /// started (a readiness or startup probe's first state: not ready, not
+    /// started).
+    Pending,
     /// Alive, ready, or started.
     Success,
     /// Not alive, not ready or not started, with the last failure's message.
@@ -485,9 +489,7 @@ impl ProbeTracker {
         let settings = ProbeSettings::new(probe, kind);
         let verdict = match kind {
             ProbeKind::Liveness => ProbeVerdict::Success,
-            ProbeKind::Readiness | ProbeKind::Startup => {
-                ProbeVerdict::Failure("not probed yet".to_string())
-            }
+            ProbeKind::Readiness | ProbeKind::Startup => ProbeVerdict::Pending,
         };
         ProbeTracker {
             settings,
@@ -552,7 +554,8 @@ impl ProbeTracker {
             ProbeResult::Failure(message) => ProbeVerdict::Failure(message.clone()),
             _ => ProbeVerdict::Success,
         };
-        if self.verdict.is_success() == verdict.is_success() {
+        let settled = self.verdict != ProbeVerdict::Pending;
+        if settled && self.verdict.is_success() == verdict.is_success() {
             // Unchanged; keep the newest failure message without announcing.
             self.verdict = verdict;
             return None;
@@ -722,6 +725,17 @@ mod tests {
         );
         assert!(start.finished());
         assert!(!start.due(t0 + Duration::from_secs(3600)));
+
+        // Failing `failureThreshold` times is a verdict of its own: the
+        // container is restarted.
+        let mut failing = ProbeTracker::new(&probe(1, 2), ProbeKind::Startup, t0);
+        assert_eq!(failing.verdict(), &ProbeVerdict::Pending);
+        assert_eq!(failing.record(t0, &fail("no")), None);
+        assert_eq!(
+            failing.record(t0, &fail("still no")),
+            Some(ProbeVerdict::Failure("still no".into()))
+        );
+        assert!(!failing.finished());
     }
 
     #[tokio::test(start_paused = true)]

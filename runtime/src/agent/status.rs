@@ -45,16 +45,24 @@ impl Runs {
     }
 }
 
+/// What a running container's probes say.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Probed {
+    /// Its startup probe has passed (or it has none).
+    pub started: bool,
+    /// It is started and ready (readiness passed, or no readiness probe).
+    pub ready: bool,
+}
+
 /// Everything [`pod_status`] reads besides the pod.
 pub struct StatusInputs<'a> {
     /// The pod's runs on the host.
     pub runs: &'a Runs,
     /// Why containers wait, by name.
     pub waiting: &'a HashMap<String, Waiting>,
-    /// Readiness by container id of the running app containers (a
-    /// container without a readiness probe is ready once started); a
-    /// container missing here is not ready.
-    pub ready: &'a HashMap<String, bool>,
+    /// What the probes say of each running app container, by container
+    /// id; a container missing here is neither started nor ready.
+    pub probes: &'a HashMap<String, Probed>,
     /// The sandbox exists.
     pub sandbox_ready: bool,
     /// This node's address.
@@ -139,15 +147,16 @@ fn container_status(container: &Container, inputs: &StatusInputs<'_>, init: bool
         status["containerID"] = json!(format!("orch://{}", latest.record.id));
         match &latest.state {
             ContainerState::Running { .. } => {
-                let ready = inputs
-                    .ready
+                let probed = inputs
+                    .probes
                     .get(&latest.record.id)
                     .copied()
-                    .unwrap_or(false);
+                    .unwrap_or_default();
                 status["state"] =
                     json!({"running": {"startedAt": time_of_ms(latest.record.started_at_ms)}});
-                status["ready"] = json!(ready && !init);
-                status["started"] = json!(true);
+                status["ready"] = json!(probed.ready && !init);
+                // A running init container has no probes: it has started.
+                status["started"] = json!(probed.started || init);
             }
             ContainerState::Exited(exit) => {
                 let ended = terminated(latest, exit);
