@@ -27,10 +27,79 @@ type Body = BoxBody<Bytes, ApiError>;
 
 enum Transport {
     InProcess(Arc<ApiServer>),
-    Http {
-        base: String,
-        http: Box<hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>>,
-    },
+    Http(HttpTransport),
+}
+
+/// The API over HTTP, at one or more masters' addresses.
+struct HttpTransport {
+    /// `http://host:port` of each master.
+    bases: Vec<String>,
+    /// The master asked first (the last one that answered).
+    current: std::sync::atomic::AtomicUsize,
+    /// Sent as `Authorization: Bearer <token>`.
+    token: Option<String>,
+    http: Box<
+        hyper_util::client::legacy::Client<
+            hyper_rustls::HttpsConnector<HttpConnector>,
+            Full<Bytes>,
+        >,
+    >,
+}
+
+impl HttpTransport {
+    /// Sends a request to the current master; on a connection that cannot
+    /// be made (nothing was sent) the next masters are tried in turn, and
+    /// the one that answers becomes the current one.
+    async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, ApiError> {
+        use std::sync::atomic::Ordering;
+        let first = self.current.load(Ordering::Relaxed);
+        let mut last_error = String::new();
+        for offset in 0..self.bases.len() {
+            let index = (first + offset) % self.bases.len();
+            let base = &self.bases[index];
+            let mut request = hyper::Request::builder()
+                .method(method.clone())
+                .uri(format!("{base}{path}"))
+                .header("content-type", content_type);
+            if let Some(token) = &self.token {
+                request = request.header("authorization", format!("Bearer {token}"));
+            }
+            let request = request
+                .body(Full::new(Bytes::from(body.clone())))
+                .map_err(|e| ApiError::bad_request(e.to_string()))?;
+            match self.http.request(request).await {
+                Ok(response) => {
+                    if index != first {
+                        tracing::info!(server = %base, "API server changed");
+                        self.current.store(index, Ordering::Relaxed);
+                    }
+                    return Ok(response);
+                }
+                Err(e) if e.is_connect() && self.bases.len() > 1 => {
+                    tracing::debug!(server = %base, error = %e, "API server unreachable; trying the next");
+                    last_error = format!("{base}: {e}");
+                }
+                Err(e) => {
+                    // Maybe sent: not repeated here, but the next request
+                    // starts at the next master.
+                    self.current
+                        .store((index + 1) % self.bases.len(), Ordering::Relaxed);
+                    return Err(ApiError::unavailable(format!(
+                        "API server unreachable: {e}"
+                    )));
+                }
+            }
+        }
+        Err(ApiError::unavailable(format!(
+            "no API server reachable (last: {last_error})"
+        )))
+    }
 }
 
 /// A typed client of the Kubernetes API served by orch. Cheap to clone.
@@ -161,25 +230,79 @@ impl Client {
         }
     }
 
-    /// A client of the API at `addr` (`host:port`, plain HTTP).
+    /// A client of the API at `addr` (`host:port`, plain HTTP), without
+    /// credentials.
     pub fn http(addr: impl Into<String>) -> Self {
+        Client::http_servers(vec![addr.into()], None)
+    }
+
+    /// A client of the API served by the masters at `addrs` (`host:port`
+    /// each, plain HTTP), sending `token` as a bearer token. It talks to
+    /// one master at a time and moves on to the next when it cannot
+    /// connect.
+    pub fn http_servers(addrs: Vec<String>, token: Option<String>) -> Self {
+        Client::over(
+            &addrs,
+            "http",
+            token,
+            crate::tls::client_config_without_roots(),
+        )
+    }
+
+    /// [`Client::http_servers`] over HTTPS, trusting only the CA
+    /// certificates of `ca_pem` (the cluster's CA).
+    pub fn https_servers(
+        addrs: Vec<String>,
+        token: Option<String>,
+        ca_pem: &str,
+    ) -> Result<Self, ApiError> {
+        Ok(Client::over(
+            &addrs,
+            "https",
+            token,
+            crate::tls::client_config(ca_pem)?,
+        ))
+    }
+
+    fn over(
+        addrs: &[String],
+        scheme: &str,
+        token: Option<String>,
+        tls: rustls::ClientConfig,
+    ) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(std::time::Duration::from_secs(2)));
+        connector.set_nodelay(true);
+        connector.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
         let http = Box::new(
-            hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-                .build(HttpConnector::new()),
+            hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(connector),
         );
         Client {
-            transport: Arc::new(Transport::Http {
-                base: format!("http://{}", addr.into()),
+            transport: Arc::new(Transport::Http(HttpTransport {
+                bases: addrs.iter().map(|a| format!("{scheme}://{a}")).collect(),
+                current: std::sync::atomic::AtomicUsize::new(0),
+                token,
                 http,
-            }),
+            })),
         }
     }
 
-    /// The `host:port` of the API server an HTTP client talks to (`None`
-    /// in process).
+    /// The `host:port` of the API server an HTTP client talks to now
+    /// (`None` in process).
     pub fn address(&self) -> Option<String> {
         match &*self.transport {
-            Transport::Http { base, .. } => base.strip_prefix("http://").map(str::to_string),
+            Transport::Http(http) => {
+                let index = http.current.load(std::sync::atomic::Ordering::Relaxed);
+                http.bases
+                    .get(index)
+                    .and_then(|b| b.split_once("://"))
+                    .map(|(_, addr)| addr.to_string())
+            }
             Transport::InProcess(_) => None,
         }
     }
@@ -210,17 +333,8 @@ impl Client {
                 }
                 Ok(body)
             }
-            Transport::Http { base, http } => {
-                let request = hyper::Request::builder()
-                    .method(method)
-                    .uri(format!("{base}{path}"))
-                    .header("content-type", content_type)
-                    .body(Full::new(Bytes::from(body)))
-                    .map_err(|e| ApiError::bad_request(e.to_string()))?;
-                let response = http
-                    .request(request)
-                    .await
-                    .map_err(|e| ApiError::unavailable(format!("API server unreachable: {e}")))?;
+            Transport::Http(http) => {
+                let response = http.request(method, path, content_type, body).await?;
                 let status = response.status().as_u16();
                 let body = response
                     .into_body()

@@ -40,6 +40,13 @@ pub struct ControlPlaneConfig {
     /// `kubectl logs`, which the API server passes on to the pod's agent);
     /// `None` sends no credentials.
     pub agent_token: Option<String>,
+    /// Bearer tokens the API requires of clients (kubectl's admin token,
+    /// the join token agents use); empty: no authentication.
+    pub api_tokens: Vec<String>,
+    /// Serve the API over TLS with this configuration (plain HTTP without).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The CA bundle served at `/cacerts`.
+    pub ca_pem: Option<String>,
 }
 
 impl ControlPlaneConfig {
@@ -53,6 +60,9 @@ impl ControlPlaneConfig {
             api_addr: "127.0.0.1:0".parse().expect("loopback address"),
             loops: Some(LoopSettings::default()),
             agent_token: None,
+            api_tokens: Vec::new(),
+            tls: None,
+            ca_pem: None,
         }
     }
 }
@@ -105,7 +115,11 @@ impl ControlPlane {
             Registry::new(store.clone()),
             server::NodeProxy::new(config.agent_token.clone()),
         );
-        let api = server::serve(listener, server.clone())?;
+        server.require_tokens(config.api_tokens.clone());
+        if let Some(pem) = config.ca_pem.clone() {
+            server.serve_ca(pem);
+        }
+        let api = server::serve_with(listener, server.clone(), config.tls.clone())?;
         let loops = config
             .loops
             .map(|settings| controller::standard_loops(settings).run_on_leader(store.clone()));

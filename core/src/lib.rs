@@ -24,6 +24,7 @@ pub mod registry;
 pub mod resource;
 pub mod selector;
 pub mod server;
+pub mod tls;
 pub mod typed;
 pub mod validation;
 

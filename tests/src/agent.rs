@@ -171,20 +171,27 @@ impl Drop for TestNode {
     /// under its data dir and removes its cgroups.
     fn drop(&mut self) {
         self.kill9();
-        let parent = Path::new(&self.cgroup_parent);
-        for dir in cgroup::existing_dirs(parent) {
-            cgroup::kill_tree(&dir);
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let root = self.dir.path().to_string_lossy().into_owned();
-        let mut mounts: Vec<String> = mount_points(&info)
-            .filter(|m| m.starts_with(&root))
-            .collect();
-        mounts.reverse();
-        for m in mounts {
-            let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
-        }
-        let _ = cgroup::remove_tree(parent);
+        tear_down_node(&self.cgroup_parent, self.dir.path());
     }
+}
+
+/// Kills every process of the pods under `cgroup_parent`, unmounts what is
+/// mounted under `data_dir` and removes the cgroups: what a test node
+/// leaves once its agent is dead.
+pub fn tear_down_node(cgroup_parent: &str, data_dir: &Path) {
+    let parent = Path::new(cgroup_parent);
+    for dir in cgroup::existing_dirs(parent) {
+        cgroup::kill_tree(&dir);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let root = data_dir.to_string_lossy().into_owned();
+    let mut mounts: Vec<String> = mount_points(&info)
+        .filter(|m| m.starts_with(&root))
+        .collect();
+    mounts.reverse();
+    for m in mounts {
+        let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
+    }
+    let _ = cgroup::remove_tree(parent);
 }

@@ -7,6 +7,7 @@ pub mod api;
 pub mod cluster;
 pub mod log_server;
 pub mod loops;
+pub mod orchd;
 pub mod registry;
 pub mod store;
 

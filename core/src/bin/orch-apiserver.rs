@@ -63,6 +63,9 @@ async fn main() {
         api_addr: args.api_addr,
         loops: Some(orch_core::controller::LoopSettings::default()),
         agent_token,
+        api_tokens: Vec::new(),
+        tls: None,
+        ca_pem: None,
     })
     .await
     {

@@ -45,7 +45,17 @@ pub struct ApiServer {
     registry: Registry,
     node_proxy: NodeProxy,
     loop_metrics: std::sync::OnceLock<MetricsRegistry>,
+    /// Bearer tokens a request must carry one of; empty: no authentication
+    /// (tests, embedding on a trusted host).
+    tokens: std::sync::OnceLock<Vec<String>>,
+    /// The cluster's CA bundle, served at `/cacerts` to nodes that hold a
+    /// join token only (they check its hash).
+    ca_pem: std::sync::OnceLock<String>,
 }
+
+/// Paths anyone may read: health and version, as kube-apiserver serves
+/// them to anonymous clients.
+const PUBLIC_PATHS: &[&str] = &["/healthz", "/readyz", "/livez", "/version", "/cacerts"];
 
 impl ApiServer {
     /// An API server over a registry, reaching node agents without
@@ -61,7 +71,43 @@ impl ApiServer {
             registry,
             node_proxy,
             loop_metrics: std::sync::OnceLock::new(),
+            tokens: std::sync::OnceLock::new(),
+            ca_pem: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Serves the cluster's CA bundle at `/cacerts` (set once).
+    pub fn serve_ca(&self, pem: String) {
+        let _ = self.ca_pem.set(pem);
+    }
+
+    /// From now on every request but [`PUBLIC_PATHS`] must carry
+    /// `Authorization: Bearer <one of tokens>` (set once; 401 otherwise).
+    pub fn require_tokens(&self, tokens: Vec<String>) {
+        let tokens: Vec<String> = tokens.into_iter().filter(|t| !t.is_empty()).collect();
+        if !tokens.is_empty() {
+            let _ = self.tokens.set(tokens);
+        }
+    }
+
+    /// Whether `req` may be served.
+    fn authenticated<B>(&self, req: &Request<B>) -> bool {
+        let Some(tokens) = self.tokens.get() else {
+            return true;
+        };
+        if PUBLIC_PATHS.contains(&req.uri().path()) {
+            return true;
+        }
+        let given = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .unwrap_or("");
+        tokens
+            .iter()
+            .any(|t| constant_time_eq(t.as_bytes(), given.as_bytes()))
     }
 
     /// Serves these control-loop metrics at `/metrics` (set once).
@@ -89,6 +135,11 @@ impl ApiServer {
     }
 }
 
+/// Compares two byte strings in time independent of where they differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// A running API server.
 pub struct ServerHandle {
     /// Where it listens.
@@ -105,15 +156,30 @@ impl ServerHandle {
     }
 }
 
-/// Serves the API on `listener` until the handle is shut down.
+/// Serves the API on `listener` (plain HTTP) until the handle is shut
+/// down.
 pub fn serve(listener: TcpListener, server: Arc<ApiServer>) -> std::io::Result<ServerHandle> {
+    serve_with(listener, server, None)
+}
+
+/// Serves the API on `listener`, over TLS when `tls` is given, until the
+/// handle is shut down.
+pub fn serve_with(
+    listener: TcpListener,
+    server: Arc<ApiServer>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> std::io::Result<ServerHandle> {
     let addr = listener.local_addr()?;
     let (stop, stopped) = watch::channel(false);
-    let task = tokio::spawn(orch_raft_store::network::serve_http(
-        listener,
-        stopped,
-        move |req| handle(server.clone(), req),
-    ));
+    let handler = move |req| handle(server.clone(), req);
+    let task = match tls {
+        None => tokio::spawn(orch_raft_store::network::serve_http(
+            listener, stopped, handler,
+        )),
+        Some(tls) => tokio::spawn(orch_raft_store::network::serve_https(
+            listener, stopped, tls, handler,
+        )),
+    };
     Ok(ServerHandle { addr, stop, task })
 }
 
@@ -164,6 +230,19 @@ async fn handle(server: Arc<ApiServer>, req: Request<Incoming>) -> Response<Body
     let path = req.uri().path().to_string();
     let span = tracing::info_span!("api", %method, %path);
     async move {
+        if !server.authenticated(&req) {
+            tracing::debug!("unauthenticated request refused");
+            return error_response(&ApiError::unauthorized("Unauthorized"));
+        }
+        if req.uri().path() == "/cacerts" {
+            if let Some(pem) = server.ca_pem.get() {
+                return Response::builder()
+                    .status(StatusCode::OK)
+                    .header("content-type", "application/x-pem-file")
+                    .body(Full::new(Bytes::from(pem.clone())).boxed())
+                    .expect("static response parts are valid");
+            }
+        }
         if proxy::is_upgrade(&req) {
             return match upgrade(&server, req).await {
                 Ok(response) => response,

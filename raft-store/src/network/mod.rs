@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 
 pub use fault::{FaultRules, FaultyTransport};
 pub use http::HttpTransport;
-pub use http_server::serve_http;
+pub use http_server::{serve_http, serve_https};
 pub use raft_network::NetworkFactory;
 
 use crate::types::NodeId;

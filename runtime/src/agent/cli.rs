@@ -19,8 +19,15 @@ use super::{Agent, AgentConfig};
 )]
 pub struct Args {
     /// The API server (`host:port`, plain HTTP for now).
+    /// Several masters' addresses may be given, comma separated: the agent
+    /// talks to one and moves to the next when it cannot connect.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub server: Vec<String>,
+    /// The cluster's join token: the agent's credential with the API, and
+    /// what the agent's own API requires of its callers (unless
+    /// `--agent-token-file` says otherwise).
     #[arg(long)]
-    pub server: String,
+    pub token: Option<String>,
     /// The Node's name (default: the host name).
     #[arg(long)]
     pub node_name: Option<String>,
@@ -141,21 +148,66 @@ impl Args {
     }
 }
 
+/// How long the agent waits for a master to give it the cluster CA.
+const CA_FETCH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The cluster CA, from the first of `servers` that serves one matching
+/// `hash`; retried until [`CA_FETCH_TIMEOUT`] while none answers. A CA that
+/// does not match is an error at once.
+async fn fetch_ca(servers: &[String], hash: &str) -> Result<String, String> {
+    let deadline = tokio::time::Instant::now() + CA_FETCH_TIMEOUT;
+    loop {
+        let mut last = String::new();
+        for server in servers {
+            match orch_core::tls::fetch_ca(server, hash).await {
+                Ok(ca) => return Ok(ca),
+                Err(e) if e.code == 401 => return Err(e.message),
+                Err(e) => last = e.message,
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!("no master gave the cluster CA: {last}"));
+        }
+        tracing::info!(error = %last, "waiting for a master to serve the cluster CA");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 /// Runs an agent from `args` until SIGTERM or SIGINT; its pods keep
 /// running after it stops. Errors are for people, one line.
 pub async fn run(args: Args) -> Result<(), String> {
     let mut config = args.config();
+    let token = args.token.clone().filter(|t| !t.trim().is_empty());
+    config.agent_token = token.clone();
     if let Some(file) = &args.agent_token_file {
         let token = std::fs::read_to_string(file)
             .map_err(|e| format!("reading {}: {e}", file.display()))?;
         config.agent_token = Some(token.trim().to_string());
     }
     import_images(&config.image_dir, &args.import_images)?;
-    let client = orch_core::Client::http(args.server.clone());
+    let servers: Vec<String> = args
+        .server
+        .iter()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    if servers.is_empty() {
+        return Err("--server names no API server".to_string());
+    }
+    // A join token names the cluster CA: the API is then HTTPS, trusted
+    // through the CA fetched from the masters and checked against it.
+    let client = match token.as_deref().and_then(orch_core::tls::token_ca_hash) {
+        Some(hash) => {
+            let ca = fetch_ca(&servers, hash).await?;
+            orch_core::Client::https_servers(servers.clone(), token.clone(), &ca)
+                .map_err(|e| e.message)?
+        }
+        None => orch_core::Client::http_servers(servers.clone(), token),
+    };
     let agent = Agent::start(config, client)
         .await
         .map_err(|e| e.to_string())?;
-    tracing::info!(node = agent.node_name(), server = %args.server, "agent running");
+    tracing::info!(node = agent.node_name(), servers = %servers.join(","), "agent running");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| format!("installing a SIGTERM handler: {e}"))?;
     tokio::select! {

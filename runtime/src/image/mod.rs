@@ -142,13 +142,44 @@ pub fn parse_reference(reference: &str) -> Result<Reference> {
         })
 }
 
+/// Removes the staging directories of processes that are gone.
+fn clear_stale_staging(tmp_root: &Path) -> Result<()> {
+    let entries = match fs::read_dir(tmp_root) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(ImageError::io(format!("reading {}", tmp_root.display()))(e)),
+    };
+    for entry in entries.flatten() {
+        let alive = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+            .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+        if !alive {
+            let path = entry.path();
+            let removed = if path.is_dir() {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
+            removed.map_err(ImageError::io(format!("clearing {}", path.display())))?;
+        }
+    }
+    Ok(())
+}
+
 impl ImageStore {
     /// Opens (creating if needed) the store in `dir`, e.g. `<data dir>/images`.
     pub fn open(dir: impl AsRef<Path>) -> Result<ImageStore> {
         let root = dir.as_ref().to_path_buf();
         let blobs_dir = root.join("blobs").join("sha256");
         let layers = root.join("layers");
-        let tmp = root.join("tmp");
+        // Each process stages its downloads in a directory of its own (an
+        // `orchd image` command may run beside the agent); those of dead
+        // processes are cleared.
+        let tmp_root = root.join("tmp");
+        clear_stale_staging(&tmp_root)?;
+        let tmp = tmp_root.join(std::process::id().to_string());
         let empty = root.join("empty");
         if tmp.exists() {
             fs::remove_dir_all(&tmp)
@@ -192,8 +223,49 @@ impl ImageStore {
         Ok(self.lookup(&parsed))
     }
 
+    /// The index, brought up to date with the file (which another process,
+    /// `orchd image import`, may have changed).
+    fn index(&self) -> std::sync::MutexGuard<'_, IndexFile> {
+        let mut index = self.inner.index.lock().unwrap_or_else(|e| e.into_inner());
+        match fs::read(&self.inner.index_path) {
+            Ok(bytes) => match serde_json::from_slice(&bytes) {
+                Ok(file) => *index = file,
+                Err(e) => {
+                    tracing::warn!(error = %e, "the image index on disk is unreadable; using the one in memory")
+                }
+            },
+            Err(e) if e.kind() == io::ErrorKind::NotFound => *index = IndexFile::default(),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the image index; using the one in memory")
+            }
+        }
+        index
+    }
+
+    /// Holds the index file's lock (between processes) while `change`
+    /// edits the current index, then saves it.
+    fn change_index<T>(&self, change: impl FnOnce(&mut IndexFile) -> T) -> Result<T> {
+        let lock_path = self.inner.root.join("index.lock");
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(ImageError::io(format!("opening {}", lock_path.display())))?;
+        fs2::FileExt::lock_exclusive(&lock)
+            .map_err(ImageError::io(format!("locking {}", lock_path.display())))?;
+        let mut index = self.index();
+        let mut edited = IndexFile {
+            images: index.images.clone(),
+        };
+        let result = change(&mut edited);
+        self.save_index(&edited)?;
+        *index = edited;
+        Ok(result)
+    }
+
     fn lookup(&self, reference: &Reference) -> Option<ImageRecord> {
-        let index = self.inner.index.lock().unwrap_or_else(|e| e.into_inner());
+        let index = self.index();
         if let Some(record) = index.images.get(&reference.whole()) {
             return Some(record.clone());
         }
@@ -212,7 +284,7 @@ impl ImageStore {
 
     /// All images in the store, by reference.
     pub fn list(&self) -> Vec<ImageRecord> {
-        let index = self.inner.index.lock().unwrap_or_else(|e| e.into_inner());
+        let index = self.index();
         index.images.values().cloned().collect()
     }
 
@@ -220,15 +292,7 @@ impl ImageStore {
     /// images or running containers may use them). Returns whether it existed.
     pub fn remove(&self, reference: &str) -> Result<bool> {
         let key = parse_reference(reference)?.whole();
-        let mut index = self.inner.index.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(old) = index.images.remove(&key) else {
-            return Ok(false);
-        };
-        if let Err(e) = self.save_index(&index) {
-            index.images.insert(key, old);
-            return Err(e);
-        }
-        Ok(true)
+        self.change_index(|index| index.images.remove(&key).is_some())
     }
 
     /// The image's execution defaults (Cmd, Entrypoint, Env, WorkingDir, User).
@@ -376,17 +440,11 @@ impl ImageStore {
             layers,
             diff_ids,
         };
-        let mut index = self.inner.index.lock().unwrap_or_else(|e| e.into_inner());
-        let old = index
-            .images
-            .insert(record.reference.clone(), record.clone());
-        if let Err(e) = self.save_index(&index) {
-            match old {
-                Some(old) => index.images.insert(record.reference.clone(), old),
-                None => index.images.remove(&record.reference),
-            };
-            return Err(e);
-        }
+        self.change_index(|index| {
+            index
+                .images
+                .insert(record.reference.clone(), record.clone())
+        })?;
         tracing::info!(reference = %record.reference, digest = %record.digest, "image stored");
         Ok(record)
     }

@@ -152,11 +152,6 @@ pub(crate) fn empty_body() -> Body {
     Full::new(Bytes::new()).boxed()
 }
 
-/// Compares two byte strings in time independent of where they differ.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 impl AgentServer {
     fn authorized(&self, req: &Request<Incoming>) -> bool {
         let Some(token) = &self.config.token else {
@@ -166,7 +161,9 @@ impl AgentServer {
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|given| constant_time_eq(given.trim().as_bytes(), token.as_bytes()))
+            .is_some_and(|given| {
+                orch_core::server::constant_time_eq(given.trim().as_bytes(), token.as_bytes())
+            })
     }
 }
 

@@ -1,0 +1,249 @@
+//! The short-lived subcommands: `status`, `snapshot`, `image`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use k8s_openapi::api::core::v1::Node;
+use orch_runtime::image::{ImageStore, PullPolicy, RegistryOptions};
+
+use crate::cli::{ImageCommand, SnapshotCommand, StatusArgs};
+use crate::data_dir::DataDir;
+
+/// `orchd status`: members and their roles, the leader, the revision, and
+/// the nodes with their readiness.
+pub async fn status(args: StatusArgs) -> Result<()> {
+    let data = DataDir::new(&args.data_dir);
+    let endpoints = data.endpoints()?;
+    let token = data
+        .token()?
+        .with_context(|| format!("{} has no token", data.root().display()))?;
+    let store = orch_raft_store::Client::new([endpoints.peer.clone()]);
+    let member = store
+        .status()
+        .await
+        .with_context(|| format!("asking the master at {} for its status", endpoints.peer))?;
+    let leader = member.leader;
+    println!("members:");
+    for (id, addr) in &member.voters {
+        let role = if Some(*id) == leader {
+            "leader"
+        } else {
+            "voter"
+        };
+        println!("  {id:<20} {addr:<24} {role}");
+    }
+    for (id, addr) in &member.learners {
+        println!("  {id:<20} {addr:<24} learner");
+    }
+    match leader {
+        Some(id) => println!("leader:   {id} (term {})", member.term),
+        None => println!("leader:   none (term {})", member.term),
+    }
+    println!("revision: {}", member.revision);
+    let ca = data
+        .ca()?
+        .with_context(|| format!("{} has no CA", data.root().display()))?;
+    let client =
+        orch_core::Client::https_servers(vec![endpoints.api.clone()], Some(token), &ca.cert_pem)
+            .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    let (nodes, _) = client
+        .list::<Node>(None, None)
+        .await
+        .map_err(|e| anyhow::anyhow!("listing nodes at {}: {}", endpoints.api, e.message))?;
+    println!("nodes:");
+    if nodes.is_empty() {
+        println!("  (none)");
+    }
+    for node in &nodes {
+        let ready = orch_core::heartbeat::node_is_ready(node);
+        println!(
+            "  {:<24} {}",
+            node.metadata.name.as_deref().unwrap_or(""),
+            if ready { "Ready" } else { "NotReady" }
+        );
+    }
+    Ok(())
+}
+
+/// `orchd snapshot save|restore`.
+pub async fn snapshot(command: SnapshotCommand) -> Result<()> {
+    match command {
+        SnapshotCommand::Save { file, data_dir } => {
+            let endpoints = DataDir::new(&data_dir).endpoints()?;
+            let store = orch_raft_store::Client::new([endpoints.peer.clone()]);
+            store
+                .snapshot_save(&file)
+                .await
+                .with_context(|| format!("saving a snapshot from {}", endpoints.peer))?;
+            println!("snapshot saved to {}", file.display());
+            Ok(())
+        }
+        SnapshotCommand::Restore { file, data_dir } => {
+            let data = DataDir::new(&data_dir);
+            if let Ok(mut entries) = std::fs::read_dir(data.root()) {
+                if entries.next().is_some() {
+                    bail!(
+                        "{} is not empty (restore into a new data dir)",
+                        data.root().display()
+                    );
+                }
+            }
+            let restored = orch_raft_store::restore_snapshot(&file, &data.store())
+                .map_err(|e| anyhow::anyhow!("{e}"))
+                .with_context(|| format!("restoring {}", file.display()));
+            if let Err(e) = restored {
+                let _ = std::fs::remove_dir_all(data.root());
+                return Err(e);
+            }
+            // The restored store is a one-member cluster of member 1; it
+            // gets a CA and join token of its own on its first start.
+            data.write_member_id(1)?;
+            println!(
+                "restored into {}; start it with: orchd server --data-dir {}",
+                data.root().display(),
+                data.root().display()
+            );
+            Ok(())
+        }
+    }
+}
+
+/// The image store of the agent whose data dir is `data_dir`: a master's
+/// embedded agent keeps its images under `DATA_DIR/agent`.
+fn image_store(data_dir: &Path) -> Result<ImageStore> {
+    let server = DataDir::new(data_dir);
+    let agent_dir: PathBuf = if server.has_store() || server.agent().exists() {
+        server.agent()
+    } else {
+        data_dir.to_path_buf()
+    };
+    ImageStore::open(agent_dir.join("images"))
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .with_context(|| format!("opening the images of {}", agent_dir.display()))
+}
+
+/// `orchd image ...`.
+pub async fn image(command: ImageCommand) -> Result<()> {
+    match command {
+        ImageCommand::Import {
+            path,
+            name,
+            data_dir,
+        } => {
+            let store = image_store(&data_dir)?;
+            for record in import(&store, &path, name.as_deref())? {
+                println!("imported {} ({})", record.reference, record.digest);
+            }
+            Ok(())
+        }
+        ImageCommand::Pull {
+            reference,
+            data_dir,
+            insecure_registries,
+        } => {
+            let store = image_store(&data_dir)?;
+            let options = RegistryOptions {
+                insecure_registries,
+                ..RegistryOptions::default()
+            };
+            let outcome = store
+                .pull(&reference, PullPolicy::Always, &options)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!(
+                "pulled {} ({})",
+                outcome.image.reference, outcome.image.digest
+            );
+            Ok(())
+        }
+        ImageCommand::Ls { data_dir } => {
+            let store = image_store(&data_dir)?;
+            println!("{:<48} DIGEST", "IMAGE");
+            for record in store.list() {
+                println!("{:<48} {}", record.reference, record.digest);
+            }
+            Ok(())
+        }
+        ImageCommand::Rm {
+            reference,
+            data_dir,
+        } => {
+            let store = image_store(&data_dir)?;
+            if store
+                .remove(&reference)
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+            {
+                println!("removed {reference}");
+                Ok(())
+            } else {
+                bail!("no image {reference}")
+            }
+        }
+    }
+}
+
+/// Imports an OCI layout directory, an OCI archive or a docker archive.
+fn import(
+    store: &ImageStore,
+    path: &Path,
+    name: Option<&str>,
+) -> Result<Vec<orch_runtime::image::ImageRecord>> {
+    let needs_name = || {
+        name.map(str::to_string)
+            .context("--name is required for an OCI image (it carries no name)")
+    };
+    let layout = |dir: &Path| -> Result<_> {
+        let record = store
+            .import_oci_layout(dir, &needs_name()?)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(vec![record])
+    };
+    let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    if meta.is_dir() {
+        return layout(path);
+    }
+    if is_oci_archive(path)? {
+        let dir = tempfile::tempdir().context("creating a temporary directory")?;
+        let file =
+            std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+        tar::Archive::new(file)
+            .unpack(dir.path())
+            .with_context(|| format!("unpacking {}", path.display()))?;
+        return layout(dir.path());
+    }
+    let mut records = store
+        .import_docker_archive(path)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let (Some(name), [record]) = (name, records.as_slice()) {
+        // A docker archive names its images itself.
+        if name != record.reference {
+            bail!(
+                "{} holds image {}; import it without --name, or retag it",
+                path.display(),
+                record.reference
+            );
+        }
+    }
+    records.sort_by(|a, b| a.reference.cmp(&b.reference));
+    Ok(records)
+}
+
+/// Whether `path` is a tar of an OCI image layout (it holds `oci-layout`).
+fn is_oci_archive(path: &Path) -> Result<bool> {
+    let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut archive = tar::Archive::new(file);
+    let entries = match archive.entries() {
+        Ok(entries) => entries,
+        Err(_) => return Ok(false),
+    };
+    for entry in entries {
+        let Ok(entry) = entry else { return Ok(false) };
+        let Ok(entry_path) = entry.path() else {
+            continue;
+        };
+        if entry_path.as_os_str() == "oci-layout" || entry_path == Path::new("./oci-layout") {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
