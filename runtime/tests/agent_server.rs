@@ -371,7 +371,16 @@ async fn unknown_pods_containers_and_options_are_refused() {
             .await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {value}");
     }
-    let (status, _) = f.status("/exec/default/web/app", Some(TOKEN)).await;
+    // exec: a command is required; unknown pods are not found; a plain
+    // request (no WebSocket upgrade) is refused; attach is not served.
+    let (status, value) = f.status("/exec/default/web/app", Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{value}");
+    assert_eq!(value["message"], "you must specify at least 1 command");
+    let (status, _) = f
+        .status("/exec/default/ghost/app?command=ls&stdout=1", Some(TOKEN))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = f.status("/attach/default/web/app", Some(TOKEN)).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     f.server.shutdown().await;
 }

@@ -492,3 +492,66 @@ async fn a_command_missing_from_the_image_is_reported_and_harms_no_other_pod() {
         .await;
     assert_eq!(rig.node.leftovers(), Vec::<String>::new());
 }
+
+#[tokio::test]
+async fn a_malformed_image_or_a_memory_limit_too_small_to_start_is_reported() {
+    let rig = Rig::start().await;
+    rig.apply(&manifest(
+        "steady",
+        "Always",
+        &container("main", "sleep 3600"),
+    ))
+    .await;
+    // Uppercase repositories are not valid image references.
+    let bad_image = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: badimage\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: \"Busy/Box:1\"\n    command: [\"sleep\", \"3600\"]\n";
+    rig.apply(bad_image).await;
+    let pod = rig
+        .wait_pod(
+            "badimage",
+            "a waiting reason for the image",
+            Duration::from_secs(30),
+            |p| {
+                container_status(p, "main")["state"]["waiting"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("Busy/Box:1"))
+            },
+        )
+        .await;
+    let waiting = &container_status(&pod, "main")["state"]["waiting"];
+    assert!(
+        ["InvalidImageName", "ErrImagePull", "ImagePullBackOff"]
+            .contains(&waiting["reason"].as_str().unwrap_or("")),
+        "{waiting}"
+    );
+    // A memory limit no process can start in.
+    let tiny = format!(
+        "{}    resources:\n      limits:\n        memory: 64Ki\n",
+        container("main", "sleep 3600")
+    );
+    rig.apply(&manifest("tiny", "Never", &tiny)).await;
+    let pod = rig
+        .wait_pod(
+            "tiny",
+            "a reason for the failed start",
+            Duration::from_secs(30),
+            |p| {
+                let c = container_status(p, "main");
+                c["state"]["terminated"]["reason"].is_string()
+                    || c["state"]["waiting"]["message"].is_string()
+            },
+        )
+        .await;
+    let c = container_status(&pod, "main");
+    assert!(c["state"]["running"].is_null(), "{c}");
+    let events = rig.api.kubectl_ok(&["get", "events"]).await;
+    assert!(
+        events.contains("badimage") && events.contains("tiny"),
+        "{events}"
+    );
+    // The agent keeps its other pods, and nothing of the failures stays.
+    assert_eq!(phase(&rig.pod("steady").await.unwrap()), "Running");
+    rig.api
+        .kubectl_ok(&["delete", "pod", "badimage", "tiny", "steady"])
+        .await;
+    assert_eq!(rig.node.leftovers(), Vec::<String>::new());
+}
