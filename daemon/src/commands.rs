@@ -23,23 +23,23 @@ pub async fn status(args: StatusArgs) -> Result<()> {
         .await
         .with_context(|| format!("asking the master at {} for its status", endpoints.peer))?;
     let leader = member.leader;
-    println!("members:");
+    let mut out = String::from("members:\n");
     for (id, addr) in &member.voters {
         let role = if Some(*id) == leader {
             "leader"
         } else {
             "voter"
         };
-        println!("  {id:<20} {addr:<24} {role}");
+        out.push_str(&format!("  {id:<20} {addr:<24} {role}\n"));
     }
     for (id, addr) in &member.learners {
-        println!("  {id:<20} {addr:<24} learner");
+        out.push_str(&format!("  {id:<20} {addr:<24} learner\n"));
     }
     match leader {
-        Some(id) => println!("leader:   {id} (term {})", member.term),
-        None => println!("leader:   none (term {})", member.term),
+        Some(id) => out.push_str(&format!("leader:   {id} (term {})\n", member.term)),
+        None => out.push_str(&format!("leader:   none (term {})\n", member.term)),
     }
-    println!("revision: {}", member.revision);
+    out.push_str(&format!("revision: {}\n", member.revision));
     let ca = data
         .ca()?
         .with_context(|| format!("{} has no CA", data.root().display()))?;
@@ -50,19 +50,27 @@ pub async fn status(args: StatusArgs) -> Result<()> {
         .list::<Node>(None, None)
         .await
         .map_err(|e| anyhow::anyhow!("listing nodes at {}: {}", endpoints.api, e.message))?;
-    println!("nodes:");
+    out.push_str("nodes:\n");
     if nodes.is_empty() {
-        println!("  (none)");
+        out.push_str("  (none)\n");
     }
     for node in &nodes {
         let ready = orch_core::heartbeat::node_is_ready(node);
-        println!(
-            "  {:<24} {}",
+        out.push_str(&format!(
+            "  {:<24} {}\n",
             node.metadata.name.as_deref().unwrap_or(""),
             if ready { "Ready" } else { "NotReady" }
-        );
+        ));
     }
+    print_out(&out);
     Ok(())
+}
+
+/// Writes `text` to stdout; a closed stdout (`orchd status | head`) is
+/// not an error.
+fn print_out(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().write_all(text.as_bytes());
 }
 
 /// `orchd snapshot save|restore`.

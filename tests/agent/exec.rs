@@ -135,6 +135,34 @@ async fn kubectl_exec_runs_commands_in_the_container() {
         .await;
     let commands: Vec<&str> = out.lines().skip(1).collect();
     assert_eq!(commands, ["sleep", "ps"], "{out}");
+    // The agent counts its sessions at /metrics (with the cluster's token).
+    let port = api
+        .kubectl_ok(&[
+            "get",
+            "node",
+            "n1",
+            "-o",
+            "jsonpath={.status.daemonEndpoints.kubeletEndpoint.Port}",
+        ])
+        .await;
+    let metrics = std::process::Command::new("curl")
+        .args(["-s", "-H"])
+        .arg(format!("Authorization: Bearer {}", super::AGENT_TOKEN))
+        .arg(format!("http://127.0.0.1:{port}/metrics"))
+        .output()
+        .expect("curl runs");
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    assert!(metrics.contains("\norch_agent_pods 1\n"), "{metrics}");
+    let sessions: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("orch_agent_exec_sessions_total "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(sessions >= 8, "{metrics}");
+    assert!(
+        metrics.contains("orch_controller_reconciles_total{controller=\"agent-pods\"}"),
+        "{metrics}"
+    );
     rig.api
         .kubectl_ok(&["delete", "pod", "shell", "--wait=true"])
         .await;

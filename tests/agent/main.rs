@@ -17,7 +17,7 @@ use orch_tests::wait_until;
 use serde_json::Value;
 
 /// The token the agents' API requires of the API server.
-const AGENT_TOKEN: &str = "rig-agent-token";
+pub const AGENT_TOKEN: &str = "rig-agent-token";
 
 /// A control plane running the loops, and one agent.
 pub struct Rig {

@@ -81,6 +81,14 @@ async fn leader_loops_run_on_one_master_and_move_when_it_stops() {
         metrics.contains("orch_controller_reconcile_seconds_bucket"),
         "{metrics}"
     );
+    // And its store member's Raft state and the requests it answered.
+    assert!(metrics.contains("\norch_raft_is_leader 1\n"), "{metrics}");
+    assert!(metrics.contains("\norch_raft_voters "), "{metrics}");
+    let again = http_get(&masters.master(first).api.addr.to_string(), "/metrics").await;
+    assert!(
+        again.contains("orch_apiserver_requests_total{method=\"GET\",code=\"200\"}"),
+        "{again}"
+    );
     masters.stop(first).await;
     let second = masters.wait_for_loops().await;
     assert_ne!(second, first);

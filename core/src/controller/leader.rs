@@ -136,7 +136,8 @@ impl LoopContext {
 pub struct MetricsRegistry(Arc<Mutex<BTreeMap<&'static str, Arc<Metrics>>>>);
 
 impl MetricsRegistry {
-    fn register(&self, name: &'static str) -> Arc<Metrics> {
+    /// The metrics of loop `name` (made on first use).
+    pub fn register(&self, name: &'static str) -> Arc<Metrics> {
         self.0
             .lock()
             .expect("metrics lock")

@@ -51,6 +51,8 @@ pub struct ApiServer {
     /// The cluster's CA bundle, served at `/cacerts` to nodes that hold a
     /// join token only (they check its hash).
     ca_pem: std::sync::OnceLock<String>,
+    /// Requests answered, by method and status code.
+    requests: std::sync::Mutex<std::collections::BTreeMap<(String, u16), u64>>,
 }
 
 /// Paths anyone may read: health and version, as kube-apiserver serves
@@ -73,6 +75,7 @@ impl ApiServer {
             loop_metrics: std::sync::OnceLock::new(),
             tokens: std::sync::OnceLock::new(),
             ca_pem: std::sync::OnceLock::new(),
+            requests: std::sync::Mutex::new(std::collections::BTreeMap::new()),
         })
     }
 
@@ -115,13 +118,78 @@ impl ApiServer {
         let _ = self.loop_metrics.set(metrics);
     }
 
-    /// The `/metrics` page: the control loops' counters in Prometheus'
-    /// text format (empty on a master that never led).
+    /// The `/metrics` page in Prometheus' text format: this master's
+    /// store member and Raft state, the API requests served, and the
+    /// control loops' counters (none on a master that never led).
     pub fn metrics_text(&self) -> String {
-        self.loop_metrics
-            .get()
-            .map(MetricsRegistry::prometheus_text)
-            .unwrap_or_default()
+        let status = self.registry.store().status();
+        let mut out = String::new();
+        let mut gauge = |name: &str, help: &str, value: u64| {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"
+            ));
+        };
+        gauge(
+            "orch_store_revision",
+            "The store revision applied on this member.",
+            status.revision.max(0) as u64,
+        );
+        gauge(
+            "orch_store_compacted_revision",
+            "The store's compacted revision.",
+            status.compacted.max(0) as u64,
+        );
+        gauge("orch_raft_term", "The current Raft term.", status.term);
+        gauge(
+            "orch_raft_applied_index",
+            "The last applied Raft log index.",
+            status.applied_index,
+        );
+        gauge(
+            "orch_raft_is_leader",
+            "1 if this member leads.",
+            u64::from(status.leader == Some(status.id)),
+        );
+        gauge(
+            "orch_raft_has_leader",
+            "1 if this member knows a leader.",
+            u64::from(status.leader.is_some()),
+        );
+        gauge(
+            "orch_raft_voters",
+            "Voting members.",
+            status.voters.len() as u64,
+        );
+        gauge(
+            "orch_raft_learners",
+            "Learners.",
+            status.learners.len() as u64,
+        );
+        out.push_str("# HELP orch_apiserver_requests_total API requests answered, by method and code.\n# TYPE orch_apiserver_requests_total counter\n");
+        for ((method, code), count) in self
+            .requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            out.push_str(&format!(
+                "orch_apiserver_requests_total{{method=\"{method}\",code=\"{code}\"}} {count}\n"
+            ));
+        }
+        if let Some(loops) = self.loop_metrics.get() {
+            out.push_str(&loops.prometheus_text());
+        }
+        out
+    }
+
+    /// Counts an answered request.
+    fn count_request(&self, method: &hyper::Method, code: StatusCode) {
+        *self
+            .requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((method.to_string(), code.as_u16()))
+            .or_default() += 1;
     }
 
     /// The registry.
@@ -226,6 +294,13 @@ async fn upgrade(server: &ApiServer, req: Request<Incoming>) -> Result<Response<
 }
 
 async fn handle(server: Arc<ApiServer>, req: Request<Incoming>) -> Response<Body> {
+    let method = req.method().clone();
+    let response = answer(server.clone(), req).await;
+    server.count_request(&method, response.status());
+    response
+}
+
+async fn answer(server: Arc<ApiServer>, req: Request<Incoming>) -> Response<Body> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let span = tracing::info_span!("api", %method, %path);

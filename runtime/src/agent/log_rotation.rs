@@ -4,6 +4,8 @@
 //! (copy-and-truncate; the container keeps writing to the live file).
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -63,8 +65,14 @@ pub fn rotate_all(log_dir: &Path, rotation: &LogRotation) -> usize {
     rotated
 }
 
-/// Checks the logs under `log_dir` every `rotation.interval` until `stop`.
-pub async fn run(log_dir: std::path::PathBuf, rotation: LogRotation, stop: CancellationToken) {
+/// Checks the logs under `log_dir` every `rotation.interval` until `stop`,
+/// counting the files rotated in `rotated`.
+pub async fn run(
+    log_dir: std::path::PathBuf,
+    rotation: LogRotation,
+    rotated: Arc<AtomicU64>,
+    stop: CancellationToken,
+) {
     let mut ticks = tokio::time::interval(rotation.interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -74,7 +82,10 @@ pub async fn run(log_dir: std::path::PathBuf, rotation: LogRotation, stop: Cance
         }
         let dir = log_dir.clone();
         let span = tracing::debug_span!("log_rotation");
-        let _ = tokio::task::spawn_blocking(move || span.in_scope(|| rotate_all(&dir, &rotation)))
-            .await;
+        if let Ok(count) =
+            tokio::task::spawn_blocking(move || span.in_scope(|| rotate_all(&dir, &rotation))).await
+        {
+            rotated.fetch_add(count as u64, Ordering::Relaxed);
+        }
     }
 }

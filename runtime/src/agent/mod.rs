@@ -41,7 +41,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use orch_core::client::Selectors;
-use orch_core::controller::{runner, Backoff, Informer, Metrics, Queue};
+use orch_core::controller::{runner, Backoff, Informer, Queue};
 use orch_core::{ApiError, Client};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -253,6 +253,7 @@ impl Agent {
         tasks.spawn(log_rotation::run(
             config.runtime.log_dir.clone(),
             config.log_rotation,
+            shared.log_rotations.clone(),
             stop.clone(),
         ));
         let on_pod = shared.clone();
@@ -273,7 +274,7 @@ impl Agent {
             }
             // Adopted pods whose objects are gone get no informer event.
             workers.queue_adopted();
-            let metrics = Arc::new(Metrics::default());
+            let metrics = workers.loop_metrics.register("agent-pods");
             let shared = workers.clone();
             let run = runner::run(
                 "agent-pods",

@@ -73,6 +73,10 @@ pub struct Shared {
     health: HealthChecks,
     /// hostPath policy and secret placement.
     volume_config: VolumeConfig,
+    /// The pod loop's counters.
+    pub(crate) loop_metrics: orch_core::controller::MetricsRegistry,
+    /// Container log files rotated so far.
+    pub(crate) log_rotations: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Shared {
@@ -97,6 +101,8 @@ impl Shared {
             notes: Mutex::new(HashMap::new()),
             watched: Arc::default(),
             health: HealthChecks::default(),
+            loop_metrics: orch_core::controller::MetricsRegistry::default(),
+            log_rotations: Arc::default(),
             volume_config: VolumeConfig {
                 host_paths: VolumeConfig::default()
                     .host_paths
@@ -281,6 +287,21 @@ impl super::server::AgentPods for Shared {
                 Ok(ContainerState::Running { .. } | ContainerState::Created)
             )
         })
+    }
+
+    fn metrics_text(&self) -> String {
+        let mut out = self.loop_metrics.prometheus_text();
+        let pods = self.pods_on_host().len();
+        out.push_str(&format!(
+            "# HELP orch_agent_pods Pods on this node's host.\n# TYPE orch_agent_pods gauge\norch_agent_pods {pods}\n"
+        ));
+        let rotations = self
+            .log_rotations
+            .load(std::sync::atomic::Ordering::Relaxed);
+        out.push_str(&format!(
+            "# HELP orch_agent_log_rotations_total Container log files rotated.\n# TYPE orch_agent_log_rotations_total counter\norch_agent_log_rotations_total {rotations}\n"
+        ));
+        out
     }
 
     fn running_container<'a>(

@@ -201,6 +201,9 @@ pub(super) async fn exec(
         }
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
+    server
+        .exec_sessions
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let pods = server.pods.clone();
     let span =
         tracing::info_span!("exec", %namespace, %pod, %container, protocol, tty = options.tty);

@@ -10,6 +10,7 @@
 //!   process in a running container (`kubectl exec`), its stdio streamed
 //!   over a WebSocket in Kubernetes' channel protocol (`v5.channel.k8s.io`,
 //!   `v4.channel.k8s.io`). See [`exec`] and [`channel`].
+//! - `GET /metrics`: the agent's counters (Prometheus text).
 //! - `/attach/...`, `/portForward/...`: not served (404).
 //!
 //! Every request needs `Authorization: Bearer <token>` when the server has
@@ -63,6 +64,12 @@ pub trait AgentPods: Send + Sync + 'static {
         attempt: u32,
     ) -> BoxFuture<'a, bool>;
 
+    /// The agent's own metrics in Prometheus' text format (the server adds
+    /// its own counters).
+    fn metrics_text(&self) -> String {
+        String::new()
+    }
+
     /// The id of the current run of `container` in pod `pod_uid` if it
     /// runs ([`ExecError::NotRunning`] if it exists but does not run,
     /// [`ExecError::Invalid`] if the pod has no such container).
@@ -103,6 +110,8 @@ impl std::fmt::Debug for AgentServerConfig {
 pub(crate) struct AgentServer {
     pub(crate) config: AgentServerConfig,
     pub(crate) pods: Arc<dyn AgentPods>,
+    /// Exec sessions upgraded so far.
+    pub(crate) exec_sessions: std::sync::atomic::AtomicU64,
 }
 
 /// A running agent server.
@@ -129,7 +138,11 @@ pub fn serve(
 ) -> std::io::Result<AgentServerHandle> {
     let addr = listener.local_addr()?;
     let (stop, stopped) = watch::channel(false);
-    let server = Arc::new(AgentServer { config, pods });
+    let server = Arc::new(AgentServer {
+        config,
+        pods,
+        exec_sessions: Default::default(),
+    });
     let task = tokio::spawn(orch_raft_store::network::serve_http(
         listener,
         stopped,
@@ -208,6 +221,20 @@ async fn route(server: &AgentServer, req: Request<Incoming>) -> Result<Response<
         }
         ["exec", namespace, pod, container] => {
             exec::exec(server, req, namespace, pod, container).await
+        }
+        ["metrics"] => {
+            let sessions = server
+                .exec_sessions
+                .load(std::sync::atomic::Ordering::Relaxed);
+            let text = format!(
+                "{}# HELP orch_agent_exec_sessions_total Exec sessions started.\n# TYPE orch_agent_exec_sessions_total counter\norch_agent_exec_sessions_total {sessions}\n",
+                server.pods.metrics_text()
+            );
+            Ok(Response::builder()
+                .status(StatusCode::OK)
+                .header("content-type", "text/plain; version=0.0.4")
+                .body(Full::new(Bytes::from(text)).boxed())
+                .expect("static response parts are valid"))
         }
         _ => Err(ApiError::no_route(&path)),
     }
