@@ -47,6 +47,8 @@ pub struct ControlPlaneConfig {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// The CA bundle served at `/cacerts`.
     pub ca_pem: Option<String>,
+    /// Seal Secrets in the store with this AES-256-GCM key.
+    pub secret_key: Option<[u8; 32]>,
 }
 
 impl ControlPlaneConfig {
@@ -63,6 +65,7 @@ impl ControlPlaneConfig {
             api_tokens: Vec::new(),
             tls: None,
             ca_pem: None,
+            secret_key: None,
         }
     }
 }
@@ -88,7 +91,7 @@ impl ControlPlane {
     ) -> Result<ControlPlane, Box<dyn std::error::Error + Send + Sync>> {
         let plane = Self::start(config).await?;
         plane.store.initialize().await?;
-        ensure_namespaces(&Registry::new(plane.store.clone())).await?;
+        ensure_namespaces(plane.server.registry()).await?;
         Ok(plane)
     }
 
@@ -111,8 +114,12 @@ impl ControlPlane {
         ))
         .await?;
         let listener = TcpListener::bind(config.api_addr).await?;
+        let mut registry = Registry::new(store.clone());
+        if let Some(key) = config.secret_key {
+            registry = registry.with_secret_key(key);
+        }
         let server = ApiServer::with_node_proxy(
-            Registry::new(store.clone()),
+            registry.clone(),
             server::NodeProxy::new(config.agent_token.clone()),
         );
         server.require_tokens(config.api_tokens.clone());
@@ -122,7 +129,7 @@ impl ControlPlane {
         let api = server::serve_with(listener, server.clone(), config.tls.clone())?;
         let loops = config
             .loops
-            .map(|settings| controller::standard_loops(settings).run_on_leader(store.clone()));
+            .map(|settings| controller::standard_loops(settings).run_on_leader_with(registry));
         if let Some(loops) = &loops {
             server.serve_loop_metrics(loops.metrics().clone());
         }

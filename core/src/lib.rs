@@ -14,6 +14,7 @@ pub mod client;
 pub mod control_plane;
 pub mod controller;
 pub mod defaults;
+pub mod encryption;
 pub mod error;
 pub mod heartbeat;
 pub mod hollow;

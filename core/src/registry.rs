@@ -11,6 +11,7 @@ use orch_raft_store::{
 };
 use serde_json::{json, Value};
 
+use crate::encryption::{self, SecretCipher};
 use crate::error::ApiError;
 use crate::object;
 use crate::resource::{self, Resource};
@@ -165,13 +166,46 @@ pub struct WatchEvent {
 #[derive(Clone)]
 pub struct Registry {
     store: StoreNode,
+    codec: Codec,
 }
 
-fn decode(kv: &KeyValue) -> Result<Value, ApiError> {
-    let mut object: Value = serde_json::from_slice(&kv.value)
-        .map_err(|e| ApiError::internal(format!("stored object is not JSON: {e}")))?;
-    object::set_resource_version(&mut object, kv.mod_revision);
-    Ok(object)
+/// How objects become stored values and back: JSON, Secrets sealed when a
+/// key is configured (see [`crate::encryption`]).
+#[derive(Clone, Default)]
+struct Codec {
+    secrets: Option<std::sync::Arc<SecretCipher>>,
+}
+
+impl Codec {
+    fn decode(&self, kv: &KeyValue) -> Result<Value, ApiError> {
+        let opened;
+        let bytes: &[u8] = if encryption::is_sealed(&kv.value) {
+            let cipher = self.secrets.as_ref().ok_or_else(|| {
+                ApiError::internal(format!(
+                    "{} is encrypted and this master has no key",
+                    String::from_utf8_lossy(&kv.key)
+                ))
+            })?;
+            opened = cipher.open(&kv.key, &kv.value)?;
+            &opened
+        } else {
+            &kv.value
+        };
+        let mut object: Value = serde_json::from_slice(bytes)
+            .map_err(|e| ApiError::internal(format!("stored object is not JSON: {e}")))?;
+        object::set_resource_version(&mut object, kv.mod_revision);
+        Ok(object)
+    }
+
+    fn encode(&self, resource: &Resource, key: &str, object: &Value) -> Result<Vec<u8>, ApiError> {
+        let body = serde_json::to_vec(object).map_err(|e| ApiError::internal(e.to_string()))?;
+        Ok(match &self.secrets {
+            Some(cipher) if resource.plural == "secrets" && resource.group.is_empty() => {
+                cipher.seal(key.as_bytes(), &body)
+            }
+            _ => body,
+        })
+    }
 }
 
 fn encode_token(key: &[u8], revision: i64) -> String {
@@ -197,7 +231,25 @@ fn decode_token(token: &str) -> Result<(Vec<u8>, i64), ApiError> {
 impl Registry {
     /// A registry over a store member.
     pub fn new(store: StoreNode) -> Self {
-        Registry { store }
+        Registry {
+            store,
+            codec: Codec::default(),
+        }
+    }
+
+    /// This registry sealing Secrets with `key` (AES-256-GCM) from now on,
+    /// and opening the sealed ones.
+    pub fn with_secret_key(mut self, key: [u8; 32]) -> Self {
+        self.codec.secrets = Some(std::sync::Arc::new(SecretCipher::new(key)));
+        self
+    }
+
+    /// The same registry over another handle on the store (a fenced one).
+    pub fn over(&self, store: StoreNode) -> Self {
+        Registry {
+            store,
+            codec: self.codec.clone(),
+        }
     }
 
     /// The store member.
@@ -240,7 +292,7 @@ impl Registry {
         match self.read_local(&namespaces.key(None, namespace)).await? {
             None => Err(ApiError::not_found("namespaces", namespace)),
             Some(kv) => {
-                let ns = decode(&kv)?;
+                let ns = self.codec.decode(&kv)?;
                 if ns["metadata"]["deletionTimestamp"].is_string()
                     || ns["status"]["phase"] == "Terminating"
                 {
@@ -288,7 +340,7 @@ impl Registry {
         }
         let name = object::name(&object).to_string();
         let key = resource.key(namespace.as_deref(), &name);
-        let body = serde_json::to_vec(&object).map_err(|e| ApiError::internal(e.to_string()))?;
+        let body = self.codec.encode(resource, &key, &object)?;
         let guard = Compare::create_revision(key.clone(), CompareOp::Equal, 0);
         let Some(revision) = self
             .guarded(guard, TxnOp::Put(PutRequest::new(key, body)))
@@ -308,7 +360,7 @@ impl Registry {
         name: &str,
     ) -> Result<Value, ApiError> {
         match self.read(&resource.key(namespace, name)).await? {
-            Some(kv) => decode(&kv),
+            Some(kv) => self.codec.decode(&kv),
             None => Err(ApiError::not_found(resource.plural, name)),
         }
     }
@@ -355,7 +407,7 @@ impl Registry {
             }
             let exhausted = !resp.more;
             for kv in &resp.kvs {
-                let object = decode(kv)?;
+                let object = self.codec.decode(kv)?;
                 if !options.matches(&object) {
                     continue;
                 }
@@ -408,7 +460,7 @@ impl Registry {
         if expected != current.mod_revision {
             return Err(ApiError::conflict(resource.plural, name));
         }
-        let old = decode(&current)?;
+        let old = self.codec.decode(&current)?;
         object::prepare_update(resource, &old, &mut object);
         crate::validation::check_update(resource, &old, &object)?;
         self.write_if_unchanged(resource, &key, name, expected, object)
@@ -432,7 +484,7 @@ impl Registry {
         if let Some(m) = object["metadata"].as_object_mut() {
             m.remove("resourceVersion");
         }
-        let body = serde_json::to_vec(&object).map_err(|e| ApiError::internal(e.to_string()))?;
+        let body = self.codec.encode(resource, key, &object)?;
         let guard = Compare::mod_revision(key, CompareOp::Equal, expected);
         let Some(revision) = self
             .guarded(guard, TxnOp::Put(PutRequest::new(key, body)))
@@ -499,7 +551,7 @@ impl Registry {
         {
             return Err(ApiError::conflict(resource.plural, name));
         }
-        let mut object = decode(&current)?;
+        let mut object = self.codec.decode(&current)?;
         let marked = object["metadata"]["deletionTimestamp"].is_string();
         let mut finalizers: Vec<Value> = object["metadata"]["finalizers"]
             .as_array()
@@ -616,6 +668,7 @@ impl Registry {
         req.prev_kv = true;
         req.progress_notify_ms = bookmark_ms;
         let stream = self.store.watch(req).await?;
+        let codec = self.codec.clone();
         let live = stream.flat_map(move |item| {
             let events: Vec<Result<WatchEvent, ApiError>> = match item {
                 Err(e) => vec![Err(ApiError::from(e))],
@@ -630,7 +683,7 @@ impl Registry {
                 Ok(resp) => resp
                     .events
                     .iter()
-                    .filter_map(|event| translate(event, &options).transpose())
+                    .filter_map(|event| translate(&codec, event, &options).transpose())
                     .collect(),
             };
             futures::stream::iter(events)
@@ -652,6 +705,7 @@ fn finalized(resource: &Resource, object: &Value) -> bool {
 
 /// Turns a store event into a watch event as seen through a selector.
 fn translate(
+    codec: &Codec,
     event: &orch_raft_store::Event,
     options: &ListOptions,
 ) -> Result<Option<WatchEvent>, ApiError> {
@@ -662,13 +716,17 @@ fn translate(
     let prev = if selects_all && event.kind == EventKind::Put {
         None
     } else {
-        event.prev_kv.as_ref().map(decode).transpose()?
+        event
+            .prev_kv
+            .as_ref()
+            .map(|kv| codec.decode(kv))
+            .transpose()?
     };
     let existed = event.prev_kv.is_some();
     let was = existed && (selects_all || prev.as_ref().is_some_and(|p| options.matches(p)));
     match event.kind {
         EventKind::Put => {
-            let object = decode(&event.kv)?;
+            let object = codec.decode(&event.kv)?;
             let is = options.matches(&object);
             Ok(match (was, is) {
                 (false, true) => Some(WatchEvent {

@@ -92,13 +92,17 @@ pub enum SnapshotCommand {
         data_dir: PathBuf,
     },
     /// Restore FILE into a new data dir, from which `orchd server
-    /// --data-dir DIR` starts a new single-master cluster with that state.
+    /// --data-dir DIR` starts a single-master cluster with that state (the
+    /// same CA and token: Secrets are sealed with a key the token gives).
     Restore {
         /// The snapshot file.
         file: PathBuf,
         /// The new master's data dir (must not exist or be empty).
         #[arg(long)]
         data_dir: PathBuf,
+        /// The token of the cluster the snapshot was saved from.
+        #[arg(long)]
+        token: String,
     },
 }
 

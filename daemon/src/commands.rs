@@ -86,7 +86,12 @@ pub async fn snapshot(command: SnapshotCommand) -> Result<()> {
             println!("snapshot saved to {}", file.display());
             Ok(())
         }
-        SnapshotCommand::Restore { file, data_dir } => {
+        SnapshotCommand::Restore {
+            file,
+            data_dir,
+            token,
+        } => {
+            let token = crate::data_dir::check_token(&token)?;
             let data = DataDir::new(&data_dir);
             if let Ok(mut entries) = std::fs::read_dir(data.root()) {
                 if entries.next().is_some() {
@@ -103,9 +108,10 @@ pub async fn snapshot(command: SnapshotCommand) -> Result<()> {
                 let _ = std::fs::remove_dir_all(data.root());
                 return Err(e);
             }
-            // The restored store is a one-member cluster of member 1; it
-            // gets a CA and join token of its own on its first start.
+            // The restored store is a one-member cluster of member 1 with
+            // the CA it held (checked against the token on start).
             data.write_member_id(1)?;
+            data.write_token(&token)?;
             println!(
                 "restored into {}; start it with: orchd server --data-dir {}",
                 data.root().display(),

@@ -199,6 +199,15 @@ pub fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
+/// The AES-256-GCM key Secrets are sealed with in the store of the
+/// cluster whose join token is `token`.
+pub fn secret_key(token: &str) -> [u8; 32] {
+    let mut hash = Sha256::new();
+    hash.update(b"orch secrets key\0");
+    hash.update(token.as_bytes());
+    hash.finalize().into()
+}
+
 /// The admin bearer token of the cluster whose join token is `token`.
 pub fn admin_token(token: &str) -> String {
     let mut hash = Sha256::new();

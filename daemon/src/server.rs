@@ -51,11 +51,8 @@ pub async fn run(args: ServerArgs) -> Result<()> {
             token
         }
     };
-    if args.join.is_none() && ca.is_none() {
-        bail!(
-            "{} has a token but no CA (tls/ca.crt, tls/ca.key)",
-            data.root().display()
-        );
+    if args.join.is_none() && fresh && args.token.is_some() {
+        bail!("--token is for joining (--join) or for a restored data dir; a new cluster makes its own");
     }
     let id = match data.member_id()? {
         Some(id) => id,
@@ -153,6 +150,7 @@ async fn start(
         api_tokens: vec![data_dir::admin_token(token), token.to_string()],
         tls: Some(tls::server_config(certificate.clone())?),
         ca_pem: None,
+        secret_key: Some(data_dir::secret_key(token)),
     };
     let plane = match &args.join {
         None => ControlPlane::start_single(config).await,

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use orch_raft_store::Kv;
 use orch_tests::api::{kubectl, KubectlOutput};
 use orch_tests::orchd::{Master, Worker};
 use orch_tests::wait_until;
@@ -74,17 +75,29 @@ async fn web_pods(kubeconfig: &Path) -> Vec<(String, String, String)> {
         .unwrap_or_default()
 }
 
-/// Waits until 3 web pods run, all on nodes in `nodes`.
+/// Waits until 3 web pods run, all on nodes in `nodes`; on time-out says
+/// what the cluster shows.
 async fn three_running_on(kubeconfig: &Path, nodes: &[&str], timeout: Duration) {
-    wait_until("3 web pods Running", timeout, || async {
+    let deadline = Instant::now() + timeout;
+    loop {
         let pods = web_pods(kubeconfig).await;
-        (pods.len() == 3
+        if pods.len() == 3
             && pods
                 .iter()
-                .all(|(_, node, phase)| phase == "Running" && nodes.contains(&node.as_str())))
-        .then_some(())
-    })
-    .await;
+                .all(|(_, node, phase)| phase == "Running" && nodes.contains(&node.as_str()))
+        {
+            return;
+        }
+        if Instant::now() > deadline {
+            let all = kubectl_with(kubeconfig, &["get", "pods,nodes,rs", "-o", "wide"]).await;
+            let events = kubectl_with(kubeconfig, &["get", "events"]).await;
+            panic!(
+                "timed out after {timeout:?} waiting for 3 web pods Running on {nodes:?}: {pods:?}\n{}\n{}\n{}",
+                all.stdout, all.stderr, events.stdout
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// The leader's member id, as `orchd status` prints it.
@@ -151,6 +164,37 @@ async fn a_three_master_cluster_survives_losing_a_master_and_a_node() {
     let out = kubectl_with(&kubeconfig, &["apply", "-f", manifest.to_str().unwrap()]).await;
     assert!(out.success, "{out:?}");
     three_running_on(&kubeconfig, &["w1", "w2"], Duration::from_secs(60)).await;
+
+    // Secrets are sealed in the store; kubectl reads them in the clear.
+    let out = kubectl_with(
+        &kubeconfig,
+        &[
+            "create",
+            "secret",
+            "generic",
+            "db",
+            "--from-literal=password=hunter2",
+        ],
+    )
+    .await;
+    assert!(out.success, "{out:?}");
+    let raw = orch_raft_store::Client::new([masters[1].peer.clone()])
+        .get("/registry/secrets/default/db")
+        .await
+        .unwrap()
+        .expect("the secret is stored");
+    assert!(raw.value.starts_with(b"orch:enc:aes256gcm:v1:"));
+    let clear = String::from_utf8_lossy(&raw.value);
+    assert!(
+        !clear.contains("aHVudGVyMg") && !clear.contains("password"),
+        "{clear}"
+    );
+    let out = kubectl_with(
+        &kubeconfig,
+        &["get", "secret", "db", "-o", "jsonpath={.data.password}"],
+    )
+    .await;
+    assert_eq!(out.stdout, "aHVudGVyMg==", "{out:?}");
 
     // No credentials, or a wrong token: refused.
     let anonymous = dir("anonymous.kubeconfig");
@@ -306,6 +350,8 @@ async fn a_three_master_cluster_survives_losing_a_master_and_a_node() {
         snapshot.to_str().unwrap(),
         "--data-dir",
         restored_dir.to_str().unwrap(),
+        "--token",
+        &token,
     ]);
     assert!(
         out.status.success(),
@@ -320,10 +366,19 @@ async fn a_three_master_cluster_survives_losing_a_master_and_a_node() {
     .await;
     assert!(out.stdout.contains("deployment.apps/web"), "{out:?}");
     assert!(out.stdout.contains("configmap/web-config"), "{out:?}");
-    assert_ne!(
+    assert_eq!(
         restored.token(),
         token,
-        "a restored cluster has credentials of its own"
+        "the restored cluster keeps its identity"
+    );
+    let out = kubectl_with(
+        &restored.kubeconfig(),
+        &["get", "secret", "db", "-o", "jsonpath={.data.password}"],
+    )
+    .await;
+    assert_eq!(
+        out.stdout, "aHVudGVyMg==",
+        "Secrets open with the same key: {out:?}"
     );
     let corrupt = dir("corrupt.snap");
     std::fs::write(&corrupt, b"not a snapshot").unwrap();
@@ -333,6 +388,8 @@ async fn a_three_master_cluster_survives_losing_a_master_and_a_node() {
         corrupt.to_str().unwrap(),
         "--data-dir",
         dir("never").to_str().unwrap(),
+        "--token",
+        &token,
     ]);
     assert!(!out.status.success());
     assert!(!dir("never").exists());

@@ -66,6 +66,7 @@ async fn main() {
         api_tokens: Vec::new(),
         tls: None,
         ca_pem: None,
+        secret_key: None,
     })
     .await
     {

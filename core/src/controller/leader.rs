@@ -249,6 +249,14 @@ impl ControlLoops {
     /// Runs the loops whenever `store` is the Raft leader, until the member
     /// stops. The handle tells which term the loops run in.
     pub fn run_on_leader(self, store: StoreNode) -> LeaderLoops {
+        self.run_on_leader_with(Registry::new(store))
+    }
+
+    /// [`run_on_leader`](Self::run_on_leader) with the loops' objects read
+    /// and written through `registry` (its Secret key, say), fenced to each
+    /// term.
+    pub fn run_on_leader_with(self, objects: Registry) -> LeaderLoops {
+        let store = objects.store().clone();
         let (term_tx, term) = watch::channel(None);
         let metrics = MetricsRegistry::default();
         let registry = metrics.clone();
@@ -272,7 +280,7 @@ impl ControlLoops {
                 term_tx.send_replace(current);
                 if let Some(term) = current {
                     tracing::info!(term, "leading: starting control loops");
-                    let server = ApiServer::new(Registry::new(store.fenced(term)));
+                    let server = ApiServer::new(objects.over(store.fenced(term)));
                     let stop = CancellationToken::new();
                     let ctx = LoopContext {
                         client: Client::in_process(server),
