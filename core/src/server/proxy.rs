@@ -300,32 +300,78 @@ pub(crate) async fn pod_log(
     raw_query: Option<&str>,
 ) -> Result<Response<Body>, ApiError> {
     let query = Query::parse(raw_query);
+    let target = agent_target(registry, namespace, name, query.get("container"), false).await?;
+    let path = target.path("containerLogs", namespace, name, raw_query, LOG_PARAMETERS);
+    let span = tracing::info_span!("pod_log", %namespace, pod = %name, container = %target.container, node = %target.node);
+    async move {
+        tracing::debug!(authority = %target.authority, %path, "proxying to the node agent");
+        proxy.get(&target.node, &target.authority, &path).await
+    }
+    .instrument(span)
+    .await
+}
+
+/// Where a request for a pod's container goes: the container (checked
+/// against the pod) and the agent of the pod's node.
+struct AgentTarget {
+    container: String,
+    node: String,
+    authority: String,
+}
+
+impl AgentTarget {
+    /// The agent's path for `kind` (`containerLogs`, `exec`) with the
+    /// `kept` parameters of the client's raw query.
+    fn path(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+        raw_query: Option<&str>,
+        kept: &[&str],
+    ) -> String {
+        format!(
+            "/{kind}/{}/{}/{}{}",
+            encode_segment(namespace),
+            encode_segment(name),
+            encode_segment(&self.container),
+            kept_query(raw_query, kept)
+        )
+    }
+}
+
+/// Finds the container a request is about and the agent of its pod's
+/// node, as kube-apiserver checks them; `refuse_completed` refuses pods
+/// that have finished (exec).
+async fn agent_target(
+    registry: &Registry,
+    namespace: &str,
+    name: &str,
+    container: Option<&str>,
+    refuse_completed: bool,
+) -> Result<AgentTarget, ApiError> {
     let pods = resource::find("", "v1", "pods").expect("pods are served");
     let nodes = resource::find("", "v1", "nodes").expect("nodes are served");
     let pod = registry.get(pods, Some(namespace), name).await?;
-    let container = pick_container(&pod, name, query.get("container"))?;
-    let node = pod["spec"]["nodeName"].as_str().unwrap_or("");
+    let container = pick_container(&pod, name, container)?;
+    let phase = pod["status"]["phase"].as_str().unwrap_or("");
+    if refuse_completed && matches!(phase, "Succeeded" | "Failed") {
+        return Err(ApiError::bad_request(format!(
+            "cannot exec into a container in a completed pod; current phase is {phase}"
+        )));
+    }
+    let node = pod["spec"]["nodeName"].as_str().unwrap_or("").to_string();
     if node.is_empty() {
         return Err(ApiError::bad_request(format!(
             "pod {name} does not have a host assigned"
         )));
     }
-    let span = tracing::info_span!("pod_log", %namespace, pod = %name, %container, %node);
-    async move {
-        let node_object = registry.get(nodes, None, node).await?;
-        let authority = agent_authority(&node_object)?;
-        let path = format!(
-            "/containerLogs/{}/{}/{}{}",
-            encode_segment(namespace),
-            encode_segment(name),
-            encode_segment(&container),
-            kept_query(raw_query, LOG_PARAMETERS)
-        );
-        tracing::debug!(%authority, %path, "proxying to the node agent");
-        proxy.get(node, &authority, &path).await
-    }
-    .instrument(span)
-    .await
+    let authority = agent_authority(&registry.get(nodes, None, &node).await?)?;
+    Ok(AgentTarget {
+        container,
+        node,
+        authority,
+    })
 }
 
 /// Query parameters of an `exec` request passed on to the agent.
@@ -495,35 +541,20 @@ pub(crate) async fn pod_exec(
 ) -> Result<Response<Body>, ApiError> {
     let raw_query = req.uri().query().map(str::to_string);
     let query = Query::parse(raw_query.as_deref());
-    let pods = resource::find("", "v1", "pods").expect("pods are served");
-    let nodes = resource::find("", "v1", "nodes").expect("nodes are served");
-    let pod = registry.get(pods, Some(namespace), name).await?;
-    let container = pick_container(&pod, name, query.get("container"))?;
-    let phase = pod["status"]["phase"].as_str().unwrap_or("");
-    if matches!(phase, "Succeeded" | "Failed") {
-        return Err(ApiError::bad_request(format!(
-            "cannot exec into a container in a completed pod; current phase is {phase}"
-        )));
-    }
-    let node = pod["spec"]["nodeName"].as_str().unwrap_or("");
-    if node.is_empty() {
-        return Err(ApiError::bad_request(format!(
-            "pod {name} does not have a host assigned"
-        )));
-    }
-    let span = tracing::info_span!("pod_exec", %namespace, pod = %name, %container, %node);
+    let target = agent_target(registry, namespace, name, query.get("container"), true).await?;
+    let path = target.path(
+        "exec",
+        namespace,
+        name,
+        raw_query.as_deref(),
+        EXEC_PARAMETERS,
+    );
+    let span = tracing::info_span!("pod_exec", %namespace, pod = %name, container = %target.container, node = %target.node);
     async move {
-        let node_object = registry.get(nodes, None, node).await?;
-        let authority = agent_authority(&node_object)?;
-        let path = format!(
-            "/exec/{}/{}/{}{}",
-            encode_segment(namespace),
-            encode_segment(name),
-            encode_segment(&container),
-            kept_query(raw_query.as_deref(), EXEC_PARAMETERS)
-        );
-        tracing::debug!(%authority, %path, "upgrading through the node agent");
-        proxy.upgrade(node, &authority, &path, req).await
+        tracing::debug!(authority = %target.authority, %path, "upgrading through the node agent");
+        proxy
+            .upgrade(&target.node, &target.authority, &path, req)
+            .await
     }
     .instrument(span)
     .await
