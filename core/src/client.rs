@@ -366,6 +366,18 @@ impl Client {
             .map_err(|e| ApiError::internal(format!("undecodable answer: {e}")))
     }
 
+    /// Sends a JSON request to one of orch's own paths (`/orch/v1/...`,
+    /// see [`crate::server::members`]) and returns the JSON answer.
+    pub async fn request_json(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<serde_json::Value, ApiError> {
+        let body = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
+        self.call(method, path, "application/json", body).await
+    }
+
     /// Creates an object.
     pub async fn create<K: K8sResource + Serialize + DeserializeOwned>(
         &self,

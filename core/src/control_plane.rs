@@ -7,7 +7,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use orch_raft_store::{NodeConfig, NodeId, StoreNode};
+use orch_raft_store::network::PeerTls;
+use orch_raft_store::{NodeConfig, NodeId, RaftTiming, StoreNode};
 use serde_json::json;
 use tokio::net::TcpListener;
 
@@ -49,6 +50,10 @@ pub struct ControlPlaneConfig {
     pub ca_pem: Option<String>,
     /// Seal Secrets in the store with this AES-256-GCM key.
     pub secret_key: Option<[u8; 32]>,
+    /// Talk to the other masters over mutual TLS (cleartext without).
+    pub peer_tls: Option<PeerTls>,
+    /// Raft's clock (`None`: the store's defaults).
+    pub raft_timing: Option<RaftTiming>,
 }
 
 impl ControlPlaneConfig {
@@ -66,6 +71,8 @@ impl ControlPlaneConfig {
             tls: None,
             ca_pem: None,
             secret_key: None,
+            peer_tls: None,
+            raft_timing: None,
         }
     }
 }
@@ -107,12 +114,12 @@ impl ControlPlane {
     async fn start(
         config: ControlPlaneConfig,
     ) -> Result<ControlPlane, Box<dyn std::error::Error + Send + Sync>> {
-        let store = StoreNode::start(NodeConfig::new(
-            config.id,
-            &config.data_dir,
-            config.store_addr,
-        ))
-        .await?;
+        let mut store_config = NodeConfig::new(config.id, &config.data_dir, config.store_addr);
+        store_config.peer_tls = config.peer_tls.clone();
+        if let Some(timing) = config.raft_timing {
+            store_config.set_timing(timing);
+        }
+        let store = StoreNode::start(store_config).await?;
         let listener = TcpListener::bind(config.api_addr).await?;
         let mut registry = Registry::new(store.clone());
         if let Some(key) = config.secret_key {

@@ -11,6 +11,7 @@
 
 pub mod admission;
 pub mod client;
+pub mod cluster_ca;
 pub mod control_plane;
 pub mod controller;
 pub mod defaults;

@@ -13,6 +13,12 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "orchd", version)]
 pub struct Cli {
+    /// A TOML file of flags for `orchd server` or `orchd agent`: its keys
+    /// are the subcommand's long flag names (`data-dir = "/var/lib/orch"`,
+    /// `no-agent = true`, `tls-san = ["10.0.0.1"]`); a flag given on the
+    /// command line wins. Other subcommands ignore it.
+    #[arg(long, global = true, env = "ORCHD_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// What to run.
     #[command(subcommand)]
     pub command: Command,
@@ -29,6 +35,9 @@ pub enum Command {
     Agent(Box<orch_runtime::agent::cli::Args>),
     /// Show the masters, the leader, the store revision and the nodes.
     Status(StatusArgs),
+    /// Remove a master from its cluster (this one, or a dead one with
+    /// --member).
+    Leave(LeaveArgs),
     /// Save or restore a snapshot of the cluster state.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
@@ -44,13 +53,13 @@ pub struct ServerArgs {
     /// embedded agent's images and pods).
     #[arg(long, default_value = "/var/lib/orch/server")]
     pub data_dir: PathBuf,
-    /// Address of the Kubernetes API (plain HTTP).
+    /// Address of the Kubernetes API (HTTPS, with the cluster's CA).
     #[arg(long, default_value = "127.0.0.1:6443")]
     pub api_addr: SocketAddr,
-    /// Address of the store member, for the other masters (and `--join`).
+    /// Address of the store member, for the other masters (mutual TLS).
     #[arg(long, default_value = "127.0.0.1:2380")]
     pub peer_addr: SocketAddr,
-    /// Join the cluster of the master whose peer address (its --peer-addr)
+    /// Join the cluster of the master whose API address (its --api-addr)
     /// this is, instead of starting a new cluster. Needs --token.
     #[arg(long, requires = "token")]
     pub join: Option<String>,
@@ -70,6 +79,44 @@ pub struct ServerArgs {
     /// the API address and loopback always are).
     #[arg(long)]
     pub tls_san: Vec<String>,
+    /// How often the leading master sends Raft heartbeats, in ms (also
+    /// the time limit of one replication call).
+    #[arg(long, default_value_t = 250)]
+    pub heartbeat_interval_ms: u64,
+    /// The shortest election timeout, in ms: a master that stops hearing
+    /// the leader campaigns after the longest timeout (the leader lease)
+    /// plus a random one between the shortest and the longest.
+    #[arg(long, default_value_t = 1000)]
+    pub election_timeout_ms: u64,
+    /// The longest election timeout, in ms (default: twice the shortest).
+    #[arg(long)]
+    pub election_timeout_max_ms: Option<u64>,
+}
+
+impl ServerArgs {
+    /// Raft's clock from the flags; checked so that the heartbeat comes
+    /// well within an election timeout.
+    pub fn raft_timing(&self) -> anyhow::Result<orch_raft_store::RaftTiming> {
+        use std::time::Duration;
+        let min = self.election_timeout_ms;
+        let max = self.election_timeout_max_ms.unwrap_or(min * 2);
+        if self.heartbeat_interval_ms == 0 || self.heartbeat_interval_ms * 2 > min {
+            anyhow::bail!(
+                "--heartbeat-interval-ms {} must be at most half of --election-timeout-ms {min}",
+                self.heartbeat_interval_ms
+            );
+        }
+        if max <= min {
+            anyhow::bail!(
+                "--election-timeout-max-ms {max} must be more than --election-timeout-ms {min}"
+            );
+        }
+        Ok(orch_raft_store::RaftTiming {
+            heartbeat_interval: Duration::from_millis(self.heartbeat_interval_ms),
+            election_timeout_min: Duration::from_millis(min),
+            election_timeout_max: Duration::from_millis(max),
+        })
+    }
 }
 
 /// `orchd status`.
@@ -78,6 +125,23 @@ pub struct StatusArgs {
     /// The data dir of a master on this machine.
     #[arg(long, default_value = "/var/lib/orch/server")]
     pub data_dir: PathBuf,
+    /// Ask the cluster this kubeconfig points at instead (its current
+    /// context: server, CA and token).
+    #[arg(long, conflicts_with = "data_dir")]
+    pub kubeconfig: Option<PathBuf>,
+}
+
+/// `orchd leave`.
+#[derive(Debug, clap::Args)]
+pub struct LeaveArgs {
+    /// The data dir of the master that leaves (it must be running; it
+    /// hands leadership over if it leads, is removed, and stops).
+    #[arg(long, default_value = "/var/lib/orch/server")]
+    pub data_dir: PathBuf,
+    /// Remove this member instead (a master that is gone for good), asking
+    /// the master of --data-dir to do it.
+    #[arg(long)]
+    pub member: Option<u64>,
 }
 
 /// `orchd snapshot ...`.

@@ -1,4 +1,4 @@
-//! The short-lived subcommands: `status`, `snapshot`, `image`.
+//! The short-lived subcommands: `status`, `leave`, `snapshot`, `image`.
 
 use std::path::{Path, PathBuf};
 
@@ -6,50 +6,42 @@ use anyhow::{bail, Context, Result};
 use k8s_openapi::api::core::v1::Node;
 use orch_runtime::image::{ImageStore, PullPolicy, RegistryOptions};
 
-use crate::cli::{ImageCommand, SnapshotCommand, StatusArgs};
+use crate::api_access::ApiAccess;
+use crate::cli::{ImageCommand, LeaveArgs, SnapshotCommand, StatusArgs};
 use crate::data_dir::DataDir;
+use crate::tls::ClusterCa;
+use hyper::Method;
 
 /// `orchd status`: members and their roles, the leader, the revision, and
-/// the nodes with their readiness.
+/// the nodes with their readiness, from the cluster's API.
 pub async fn status(args: StatusArgs) -> Result<()> {
-    let data = DataDir::new(&args.data_dir);
-    let endpoints = data.endpoints()?;
-    let token = data
-        .token()?
-        .with_context(|| format!("{} has no token", data.root().display()))?;
-    let store = orch_raft_store::Client::new([endpoints.peer.clone()]);
-    let member = store
-        .status()
+    let access = match &args.kubeconfig {
+        Some(path) => ApiAccess::from_kubeconfig(path)?,
+        None => ApiAccess::from_data_dir(&DataDir::new(&args.data_dir))?,
+    };
+    let client = access.client()?;
+    let members = client
+        .request_json(Method::GET, "/orch/v1/members", None)
         .await
-        .with_context(|| format!("asking the master at {} for its status", endpoints.peer))?;
-    let leader = member.leader;
+        .map_err(|e| anyhow::anyhow!("asking {} for its members: {}", access.server, e.message))?;
     let mut out = String::from("members:\n");
-    for (id, addr) in &member.voters {
-        let role = if Some(*id) == leader {
-            "leader"
-        } else {
-            "voter"
-        };
-        out.push_str(&format!("  {id:<20} {addr:<24} {role}\n"));
+    for member in members["members"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "  {:<20} {:<24} {}\n",
+            member["id"],
+            member["peerAddress"].as_str().unwrap_or(""),
+            member["role"].as_str().unwrap_or("")
+        ));
     }
-    for (id, addr) in &member.learners {
-        out.push_str(&format!("  {id:<20} {addr:<24} learner\n"));
+    match members["leader"].as_u64() {
+        Some(id) => out.push_str(&format!("leader:   {id} (term {})\n", members["term"])),
+        None => out.push_str(&format!("leader:   none (term {})\n", members["term"])),
     }
-    match leader {
-        Some(id) => out.push_str(&format!("leader:   {id} (term {})\n", member.term)),
-        None => out.push_str(&format!("leader:   none (term {})\n", member.term)),
-    }
-    out.push_str(&format!("revision: {}\n", member.revision));
-    let ca = data
-        .ca()?
-        .with_context(|| format!("{} has no CA", data.root().display()))?;
-    let client =
-        orch_core::Client::https_servers(vec![endpoints.api.clone()], Some(token), &ca.cert_pem)
-            .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    out.push_str(&format!("revision: {}\n", members["revision"]));
     let (nodes, _) = client
         .list::<Node>(None, None)
         .await
-        .map_err(|e| anyhow::anyhow!("listing nodes at {}: {}", endpoints.api, e.message))?;
+        .map_err(|e| anyhow::anyhow!("listing nodes at {}: {}", access.server, e.message))?;
     out.push_str("nodes:\n");
     if nodes.is_empty() {
         out.push_str("  (none)\n");
@@ -66,6 +58,27 @@ pub async fn status(args: StatusArgs) -> Result<()> {
     Ok(())
 }
 
+/// `orchd leave`: asks the master of the data dir to remove itself (it
+/// hands leadership over first if it leads, then stops), or to remove
+/// another member.
+pub async fn leave(args: LeaveArgs) -> Result<()> {
+    let data = DataDir::new(&args.data_dir);
+    let access = ApiAccess::from_data_dir(&data)?;
+    let id = match args.member {
+        Some(id) => id,
+        None => data
+            .member_id()?
+            .with_context(|| format!("{} has no member id", data.root().display()))?,
+    };
+    let client = access.client()?;
+    client
+        .request_json(Method::DELETE, &format!("/orch/v1/members/{id}"), None)
+        .await
+        .map_err(|e| anyhow::anyhow!("removing member {id}: {}", e.message))?;
+    println!("member {id} removed from the cluster");
+    Ok(())
+}
+
 /// Writes `text` to stdout; a closed stdout (`orchd status | head`) is
 /// not an error.
 fn print_out(text: &str) {
@@ -77,8 +90,10 @@ fn print_out(text: &str) {
 pub async fn snapshot(command: SnapshotCommand) -> Result<()> {
     match command {
         SnapshotCommand::Save { file, data_dir } => {
-            let endpoints = DataDir::new(&data_dir).endpoints()?;
-            let store = orch_raft_store::Client::new([endpoints.peer.clone()]);
+            let data = DataDir::new(&data_dir);
+            let endpoints = data.endpoints()?;
+            let store =
+                orch_raft_store::Client::new([endpoints.peer.clone()]).with_tls(&data.peer_tls()?);
             store
                 .snapshot_save(&file)
                 .await
@@ -109,9 +124,16 @@ pub async fn snapshot(command: SnapshotCommand) -> Result<()> {
                 return Err(e);
             }
             // The restored store is a one-member cluster of member 1 with
-            // the CA it held (checked against the token on start).
-            data.write_member_id(1)?;
-            data.write_token(&token)?;
+            // the CA the snapshot holds, which the token must name.
+            let written = restored_ca(&file, &token).and_then(|ca| {
+                data.write_ca(&ca)?;
+                data.write_member_id(1)?;
+                data.write_token(&token)
+            });
+            if let Err(e) = written {
+                let _ = std::fs::remove_dir_all(data.root());
+                return Err(e);
+            }
             println!(
                 "restored into {}; start it with: orchd server --data-dir {}",
                 data.root().display(),
@@ -120,6 +142,32 @@ pub async fn snapshot(command: SnapshotCommand) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// The cluster CA a snapshot file holds, checked against `token`.
+fn restored_ca(file: &Path, token: &str) -> Result<ClusterCa> {
+    let dump = orch_raft_store::storage::snapshot::read_file(file)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .with_context(|| format!("reading {}", file.display()))?;
+    let kv = dump
+        .kvs
+        .iter()
+        .find(|kv| kv.key == crate::tls::CA_KEY.as_bytes())
+        .with_context(|| {
+            format!(
+                "{} holds no cluster CA (not a snapshot of an orchd cluster?)",
+                file.display()
+            )
+        })?;
+    let ca: ClusterCa = serde_json::from_slice(&kv.value)
+        .with_context(|| format!("the cluster CA in {} is damaged", file.display()))?;
+    if ca.hash() != crate::tls::token_ca_hash(token)? {
+        bail!(
+            "{} is the snapshot of another cluster than the token's",
+            file.display()
+        );
+    }
+    Ok(ca)
 }
 
 /// The image store of the agent whose data dir is `data_dir`: a master's

@@ -10,6 +10,7 @@
 //! DIR/tls/ca.key      the cluster CA's key (0600)
 //! DIR/kubeconfig      an admin kubeconfig for kubectl (0600)
 //! DIR/endpoints.json  the API and peer addresses the master serves
+//! DIR/left            present once the cluster removed this master
 //! ```
 //!
 //! Credentials: the join token (`orch.<CA hash>.<random secret>`, made by
@@ -78,6 +79,28 @@ impl DataDir {
     /// Whether a store member has lived here.
     pub fn has_store(&self) -> bool {
         self.store().join("FORMAT").exists() || self.root.join("member-id").exists()
+    }
+
+    /// Whether the master of this dir left its cluster (`orchd leave`).
+    pub fn has_left(&self) -> bool {
+        self.root.join("left").exists()
+    }
+
+    /// Records that the master of this dir left its cluster.
+    pub fn mark_left(&self) -> Result<()> {
+        write_private(
+            &self.root.join("left"),
+            "this master was removed from its cluster\n",
+        )
+    }
+
+    /// Peer TLS for `orchd` commands run on this master's host: a client
+    /// certificate issued by the CA kept here.
+    pub fn peer_tls(&self) -> Result<orch_raft_store::network::PeerTls> {
+        let ca = self
+            .ca()?
+            .with_context(|| format!("{} has no cluster CA", self.root.display()))?;
+        Ok(ca.peer_tls(&[std::net::IpAddr::from([127, 0, 0, 1])], &[])?)
     }
 
     /// The join token, if this dir has one.

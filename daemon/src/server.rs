@@ -1,13 +1,15 @@
 //! `orchd server`: a master. The first one bootstraps a new cluster; with
-//! `--join` a master joins an existing one as a learner, catches up, and
-//! is promoted to voter. Unless `--no-agent`, the master runs an agent for
+//! `--join` (any master's API address) a master fetches the cluster CA
+//! with its token, issues itself certificates, and asks to be added: as a
+//! learner that catches up, then as a voter. On SIGTERM a leading master
+//! hands leadership over before it stops; a master that the cluster
+//! removed (`orchd leave`) stops and marks its data dir. Unless `--no-agent`, the master runs an agent for
 //! its own host as a child process (`orchd agent`): a process that has
 //! loaded RocksDB cannot start containers (see ARCHITECTURE.md).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -29,13 +31,16 @@ const AGENT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs a master until SIGTERM or SIGINT.
 pub async fn run(args: ServerArgs) -> Result<()> {
+    args.raft_timing()?;
     let data = DataDir::new(&args.data_dir);
     let fresh = !data.has_store();
+    if data.has_left() {
+        bail!(
+            "{} is the data dir of a master that left its cluster; remove it to join again",
+            data.root().display()
+        );
+    }
     let existing_token = data.token()?;
-    // The CA of a master that starts a cluster (a new one, or one restored
-    // from a snapshot) is made here; a joining master learns it after the
-    // join; a restarting one has it.
-    let mut ca = data.ca()?;
     let token = match (&args.token, &existing_token) {
         (Some(given), Some(kept)) if data_dir::check_token(given)? != *kept => bail!(
             "{} belongs to another cluster (its token differs from --token)",
@@ -44,25 +49,49 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         (Some(given), _) => data_dir::check_token(given)?,
         (None, Some(kept)) => kept.clone(),
         (None, None) if args.join.is_some() => bail!("--join needs --token"),
-        (None, None) => {
-            let new_ca = tls::ClusterCa::generate()?;
-            let token = tls::token_for(&new_ca);
-            ca = Some(new_ca);
-            token
-        }
+        (None, None) if !fresh => bail!(
+            "{} holds a store but no token (DIR/token): it is damaged",
+            data.root().display()
+        ),
+        (None, None) => String::new(),
     };
     if args.join.is_none() && fresh && args.token.is_some() {
         bail!("--token is for joining (--join) or for a restored data dir; a new cluster makes its own");
     }
+    if fresh {
+        check_empty_or_missing(data.root())?;
+    }
+    // The CA: a new cluster makes one, a joining master fetches it with
+    // its token, a restarting (or restored) one has it.
+    let (ca, token) = match (fresh, &args.join) {
+        (true, None) => {
+            let ca = tls::ClusterCa::generate()?;
+            let token = tls::token_for(&ca);
+            (ca, token)
+        }
+        (true, Some(join)) => (fetch_cluster_ca(join, &token).await?, token),
+        (false, _) => {
+            let ca = data.ca()?.with_context(|| {
+                format!(
+                    "{} has no cluster CA (tls/ca.crt, tls/ca.key)",
+                    data.root().display()
+                )
+            })?;
+            if ca.hash() != tls::token_ca_hash(&token)? {
+                bail!(
+                    "the CA in {} does not match its token (a data dir from another cluster?)",
+                    data.root().display()
+                );
+            }
+            (ca, token)
+        }
+    };
     let id = match data.member_id()? {
         Some(id) => id,
         None if args.join.is_some() => data_dir::new_member_id(),
         None => 1,
     };
-    if fresh {
-        check_empty_or_missing(data.root())?;
-    }
-    let outcome = start(&args, &data, &token, id, fresh, ca).await;
+    let outcome = start(&args, &data, &token, id, fresh, &ca).await;
     let plane = match outcome {
         Ok(plane) => plane,
         Err(e) => {
@@ -83,8 +112,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         data.kubeconfig().display()
     );
     println!(
-        "  join:      orchd server --join {} --token $(cat {}) ...",
-        plane.store.addr(),
+        "  join:      orchd server --join {api} --token $(cat {}) ...",
         data.token_file().display()
     );
     println!(
@@ -100,14 +128,52 @@ pub async fn run(args: ServerArgs) -> Result<()> {
             stopped.clone(),
         ))
     });
-    wait_for_signal().await?;
-    tracing::info!("stopping");
+    let removed = tokio::select! {
+        signal = wait_for_signal() => { signal?; false }
+        _ = removed_from_cluster(&plane) => true,
+    };
+    if removed {
+        tracing::info!("this master was removed from the cluster; stopping");
+        data.mark_left()?;
+        // Let the answer to the removal reach its caller.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    } else {
+        tracing::info!("stopping");
+        match plane.store.hand_over_leadership().await {
+            Ok(Some(leader)) => tracing::info!(leader, "leadership handed over"),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "handing leadership over failed"),
+        }
+    }
     stop.send_replace(true);
     if let Some(agent) = agent {
         let _ = agent.await;
     }
     plane.shutdown().await;
     Ok(())
+}
+
+/// Returns once the cluster has removed this master (`orchd leave`, or
+/// another master's API told to remove it).
+async fn removed_from_cluster(plane: &ControlPlane) {
+    let id = plane.store.id();
+    let through_own_api = plane.server.removed_from_cluster();
+    tokio::pin!(through_own_api);
+    loop {
+        tokio::select! {
+            _ = &mut through_own_api => return,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+        let status = plane.store.status();
+        let known = status
+            .voters
+            .iter()
+            .chain(&status.learners)
+            .any(|(member, _)| *member == id);
+        if !known && !status.voters.is_empty() {
+            return;
+        }
+    }
 }
 
 /// Refuses a data dir that holds files of something else.
@@ -135,11 +201,13 @@ async fn start(
     token: &str,
     id: u64,
     fresh: bool,
-    ca: Option<tls::ClusterCa>,
+    ca: &tls::ClusterCa,
 ) -> Result<ControlPlane> {
     std::fs::create_dir_all(data.root())
         .with_context(|| format!("creating {}", data.root().display()))?;
-    let certificate = Arc::new(tls::DeferredCert::default());
+    let names = serving_names();
+    let (chain, key) = ca.issue_server_cert(&serving_ips(args, args.api_addr), &names)?;
+    let peer_tls = ca.peer_tls(&serving_ips(args, args.peer_addr), &names)?;
     let config = ControlPlaneConfig {
         id,
         data_dir: data.store(),
@@ -148,9 +216,11 @@ async fn start(
         loops: Some(LoopSettings::default()),
         agent_token: Some(token.to_string()),
         api_tokens: vec![data_dir::admin_token(token), token.to_string()],
-        tls: Some(tls::server_config(certificate.clone())?),
-        ca_pem: None,
+        tls: Some(tls::server_config(&chain, &key)?),
+        ca_pem: Some(ca.cert_pem.clone()),
         secret_key: Some(data_dir::secret_key(token)),
+        peer_tls: Some(peer_tls),
+        raft_timing: Some(args.raft_timing()?),
     };
     let plane = match &args.join {
         None => ControlPlane::start_single(config).await,
@@ -158,33 +228,13 @@ async fn start(
     }
     .map_err(|e| anyhow::anyhow!("{e}"))
     .context("starting the master")?;
-    data.write_member_id(id)?;
-    if let Some(join) = &args.join {
-        let member_of_cluster = plane.store.status().voters.iter().any(|(v, _)| *v == id);
-        if fresh || !member_of_cluster {
-            if let Err(e) = join_cluster(join, token, id, plane.store.addr()).await {
-                plane.shutdown().await;
-                return Err(e);
-            }
-        }
+    if let Err(e) = join_and_publish(args, data, token, id, fresh, ca, &plane).await {
+        plane.shutdown().await;
+        return Err(e);
     }
-    let ca = match ca {
-        Some(ca) => {
-            publish_ca(&plane, &ca, token).await?;
-            ca
-        }
-        None => match learn_ca(&plane, token).await {
-            Ok(ca) => ca,
-            Err(e) => {
-                plane.shutdown().await;
-                return Err(e);
-            }
-        },
-    };
-    data.write_ca(&ca)?;
-    let (chain, key) = ca.issue_server_cert(&serving_ips(args), &serving_names())?;
-    certificate.set(&chain, &key)?;
-    plane.server.serve_ca(ca.cert_pem.clone());
+    plane
+        .server
+        .serve_join_bundle(serde_json::to_vec(ca).expect("the CA serializes").into());
     data.write_token(token)?;
     let api = advertised(plane.api.addr);
     data.write_kubeconfig(&api, token, &ca.cert_pem)?;
@@ -195,70 +245,93 @@ async fn start(
     Ok(plane)
 }
 
-/// Puts the CA and the token's hash into the store, where joining masters
-/// find them.
+/// Joins the cluster at `--join` if this master is not a member yet, and
+/// makes sure the store holds the CA and the token's hash.
+async fn join_and_publish(
+    args: &ServerArgs,
+    data: &DataDir,
+    token: &str,
+    id: u64,
+    fresh: bool,
+    ca: &tls::ClusterCa,
+    plane: &ControlPlane,
+) -> Result<()> {
+    data.write_member_id(id)?;
+    data.write_ca(ca)?;
+    if let Some(join) = &args.join {
+        let member_of_cluster = plane.store.status().voters.iter().any(|(v, _)| *v == id);
+        if fresh || !member_of_cluster {
+            join_cluster(join, token, &ca.cert_pem, id, plane.store.addr()).await?;
+        }
+    }
+    publish_ca(plane, ca, token).await
+}
+
+/// Puts the CA and the token's hash into the store, so that a snapshot
+/// carries them to a restored cluster.
 async fn publish_ca(plane: &ControlPlane, ca: &tls::ClusterCa, token: &str) -> Result<()> {
     let token_hash = data_dir::token_hash(token);
-    let current = plane
-        .store
-        .get(tls::TOKEN_HASH_KEY)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))
-        .context("reading the token hash from the store")?;
-    if current.is_none_or(|kv| kv.value != token_hash.as_bytes()) {
-        plane
-            .store
-            .put(tls::TOKEN_HASH_KEY, token_hash.into_bytes())
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))
-            .context("storing the token hash")?;
-    }
     let value = serde_json::to_vec(ca).expect("the CA serializes");
-    let current = plane
-        .store
-        .get(tls::CA_KEY)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))
-        .context("reading the cluster CA from the store")?;
-    if current.is_none_or(|kv| kv.value != value) {
-        plane
+    for (key, value) in [
+        (tls::TOKEN_HASH_KEY, token_hash.into_bytes()),
+        (tls::CA_KEY, value),
+    ] {
+        let current = plane
             .store
-            .put(tls::CA_KEY, value)
+            .get(key)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))
-            .context("storing the cluster CA")?;
+            .with_context(|| format!("reading {key} from the store"))?;
+        if current.is_none_or(|kv| kv.value != value) {
+            plane
+                .store
+                .put(key, value)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))
+                .with_context(|| format!("storing {key}"))?;
+        }
     }
     Ok(())
 }
 
-/// Reads the CA a joined master's store holds and checks it against the
-/// hash its token names.
-async fn learn_ca(plane: &ControlPlane, token: &str) -> Result<tls::ClusterCa> {
-    let kv = plane
-        .store
-        .get(tls::CA_KEY)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))
-        .context("reading the cluster CA from the store")?
-        .context("the cluster has no CA in its store (is its first master an orchd server?)")?;
-    let ca: tls::ClusterCa =
-        serde_json::from_slice(&kv.value).context("the cluster CA in the store is damaged")?;
+/// Fetches the cluster CA (with its key) from the master whose API is at
+/// `join`, checking it against the hash the token names.
+async fn fetch_cluster_ca(join: &str, token: &str) -> Result<tls::ClusterCa> {
     let expected = tls::token_ca_hash(token)?;
+    let ca_pem = orch_core::tls::fetch_ca(join, expected)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", e.message))
+        .with_context(|| format!("reaching the master at {join} (its --api-addr)"))?;
+    let client =
+        orch_core::Client::https_servers(vec![join.to_string()], Some(token.to_string()), &ca_pem)
+            .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    let bundle = client
+        .request_json(hyper::Method::GET, "/orch/v1/join-bundle", None)
+        .await
+        .map_err(|e| match e.code {
+            401 => anyhow::anyhow!(
+                "the token is not this cluster's (see DATA_DIR/token on its first master)"
+            ),
+            _ => anyhow::anyhow!("{}", e.message),
+        })
+        .with_context(|| format!("joining the cluster at {join}"))?;
+    let ca: tls::ClusterCa = serde_json::from_value(bundle)
+        .with_context(|| format!("the master at {join} sent no cluster CA"))?;
     if ca.hash() != expected {
-        bail!("the cluster's CA does not match the token (wrong --token for this cluster?)");
+        bail!("the master at {join} sent a CA the token does not name");
     }
     Ok(ca)
 }
 
-/// The addresses the serving certificate names: the API address (unless
-/// a wildcard), loopback, and `--tls-san` ones.
-fn serving_ips(args: &ServerArgs) -> Vec<IpAddr> {
+/// The addresses a certificate for `addr` names: `addr` (unless a
+/// wildcard), loopback, and `--tls-san` ones.
+fn serving_ips(args: &ServerArgs, addr: SocketAddr) -> Vec<IpAddr> {
     let mut ips: Vec<IpAddr> = vec![
         IpAddr::from([127, 0, 0, 1]),
         IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
     ];
-    if !args.api_addr.ip().is_unspecified() && !ips.contains(&args.api_addr.ip()) {
-        ips.push(args.api_addr.ip());
+    if !addr.ip().is_unspecified() && !ips.contains(&addr.ip()) {
+        ips.push(addr.ip());
     }
     ips.extend(args.tls_san.iter().filter_map(|s| s.parse::<IpAddr>().ok()));
     ips
@@ -273,42 +346,23 @@ fn serving_names() -> Vec<String> {
     names
 }
 
-/// Asks the cluster of the master at `join` (its peer address) to add
-/// member `id` at `peer`: as a learner until it has caught up, then as a
-/// voter. Checks first that `token` is this cluster's (its CA and its
-/// secret), so that a wrong token changes nothing.
-async fn join_cluster(join: &str, token: &str, id: u64, peer: &str) -> Result<()> {
-    let client = orch_raft_store::Client::new([join.to_string()]);
+/// Asks the cluster of the master whose API is at `join` to add member
+/// `id` at `peer`: as a learner until it has caught up, then as a voter.
+async fn join_cluster(join: &str, token: &str, ca_pem: &str, id: u64, peer: &str) -> Result<()> {
     tracing::info!(%join, id, "joining");
-    let read = |key: &'static str| {
-        let client = client.clone();
-        async move {
-            client
-                .get(key)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))
-                .with_context(|| format!("reaching the cluster at {join}"))
-        }
-    };
-    let token_hash = read(tls::TOKEN_HASH_KEY)
-        .await?
-        .context("the cluster at --join has no token (is it an orchd server's peer address?)")?;
-    if token_hash.value != data_dir::token_hash(token).as_bytes() {
-        bail!("the token is not this cluster's (see DATA_DIR/token on its first master)");
-    }
-    tokio::time::timeout(JOIN_TIMEOUT, async {
-        client
-            .add_learner(id, peer)
-            .await
-            .with_context(|| format!("joining the cluster at {join}"))?;
-        client
-            .promote(&[id])
-            .await
-            .with_context(|| format!("becoming a voter of the cluster at {join}"))?;
-        Ok::<_, anyhow::Error>(())
-    })
+    let client =
+        orch_core::Client::https_servers(vec![join.to_string()], Some(token.to_string()), ca_pem)
+            .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    let request = serde_json::json!({"id": id, "peerAddress": peer});
+    tokio::time::timeout(
+        JOIN_TIMEOUT,
+        client.request_json(hyper::Method::POST, "/orch/v1/members", Some(&request)),
+    )
     .await
     .with_context(|| format!("joining the cluster at {join}: no answer within {JOIN_TIMEOUT:?}"))?
+    .map_err(|e| anyhow::anyhow!("{}", e.message))
+    .with_context(|| format!("joining the cluster at {join}"))?;
+    Ok(())
 }
 
 /// The address clients reach a listener at (a wildcard listen address is

@@ -128,11 +128,11 @@ async fn a_three_master_cluster_survives_losing_a_master_and_a_node() {
     let token = first.token();
     let mut masters = vec![first];
     for name in ["m2", "m3"] {
-        let peer = masters[0].peer.clone();
+        let join = masters[0].join_address().to_string();
         masters.push(Master::start(
             Path::new(ORCHD),
             &dir(name),
-            Some((&peer, &token)),
+            Some((&join, &token)),
         ));
     }
     let status = String::from_utf8_lossy(
@@ -179,6 +179,7 @@ async fn a_three_master_cluster_survives_losing_a_master_and_a_node() {
     .await;
     assert!(out.success, "{out:?}");
     let raw = orch_raft_store::Client::new([masters[1].peer.clone()])
+        .with_tls(&masters[1].peer_tls())
         .get("/registry/secrets/default/db")
         .await
         .unwrap()
@@ -229,7 +230,7 @@ async fn a_three_master_cluster_survives_losing_a_master_and_a_node() {
         &format!("127.0.0.1:{}", orch_tests::orchd::free_port()),
         "--no-agent",
         "--join",
-        &masters[0].peer,
+        masters[0].join_address(),
         "--token",
         &bad_token,
     ]);
@@ -237,6 +238,27 @@ async fn a_three_master_cluster_survives_losing_a_master_and_a_node() {
     let error = String::from_utf8_lossy(&out.stderr);
     assert!(error.contains("token is not this cluster's"), "{error}");
     assert!(!joiner.exists(), "a refused join leaves nothing behind");
+
+    // Peer traffic is mutual TLS: a client without a certificate of the
+    // cluster's CA, or with one of another CA, is refused.
+    let plain = orch_raft_store::Client::new([masters[1].peer.clone()])
+        .with_timeout(Duration::from_secs(3))
+        .get("/registry/secrets/default/db")
+        .await;
+    assert!(plain.is_err(), "a cleartext client was answered: {plain:?}");
+    let stranger = orch_core::cluster_ca::ClusterCa::generate()
+        .unwrap()
+        .peer_tls(&["127.0.0.1".parse().unwrap()], &[])
+        .unwrap();
+    let foreign = orch_raft_store::Client::new([masters[1].peer.clone()])
+        .with_tls(&stranger)
+        .with_timeout(Duration::from_secs(3))
+        .get("/registry/secrets/default/db")
+        .await;
+    assert!(
+        foreign.is_err(),
+        "a client of another CA was answered: {foreign:?}"
+    );
 
     // Kill the leader: a surviving master answers kubectl, reads and writes.
     let leader_id = leader_of(&dir("m1")).expect("a leader");
@@ -328,6 +350,91 @@ async fn a_three_master_cluster_survives_losing_a_master_and_a_node() {
         || async { workers[0].pod_cgroups().is_empty().then_some(()) },
     )
     .await;
+
+    // SIGTERM on the leader: it hands leadership over before it stops.
+    let leader_id = leader_of(&dir("m1")).expect("a leader");
+    let leader = masters
+        .iter()
+        .position(|m| m.member_id() == leader_id)
+        .expect("the leader is one of the masters");
+    let survivor = (leader + 1) % 3;
+    let survivor_kubeconfig = masters[survivor].kubeconfig();
+    let stopped = Instant::now();
+    let took = masters[leader].process.terminate(Duration::from_secs(20));
+    assert!(
+        masters[leader]
+            .process
+            .log()
+            .contains("leadership handed over"),
+        "{}",
+        masters[leader].process.log()
+    );
+    wait_until(
+        "a surviving master serves writes after the hand-over",
+        Duration::from_secs(10),
+        || async {
+            let out = kubectl_with(
+                &survivor_kubeconfig,
+                &[
+                    "annotate",
+                    "--overwrite",
+                    "configmap",
+                    "web-config",
+                    "handover=done",
+                ],
+            )
+            .await;
+            out.success.then_some(())
+        },
+    )
+    .await;
+    println!(
+        "hand-over: the leader stopped on SIGTERM in {took:?}; writes served again {:?} after the signal",
+        stopped.elapsed()
+    );
+    masters[leader].process.restart();
+    masters[leader].wait_ready();
+
+    // A master leaves: the cluster goes on with two, the leaver stops and
+    // will not start on its old data dir.
+    let leaver = (survivor + 1) % 3;
+    let out = orchd(&[
+        "leave",
+        "--data-dir",
+        masters[leaver].process.dir.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        masters[leaver].process.wait_exit(Duration::from_secs(10)),
+        "the master that left stops"
+    );
+    let out = orchd(&[
+        "status",
+        "--kubeconfig",
+        survivor_kubeconfig.to_str().unwrap(),
+    ]);
+    let status = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        status.matches(" voter").count() + status.matches(" leader").count(),
+        2,
+        "{status}"
+    );
+    let out = kubectl_with(&survivor_kubeconfig, &["get", "deployment", "web"]).await;
+    assert!(out.success, "{out:?}");
+    masters[leaver].process.restart();
+    assert!(
+        masters[leaver].process.wait_exit(Duration::from_secs(10)),
+        "a master that left refuses to start"
+    );
+    assert!(
+        masters[leaver].process.log().contains("left its cluster"),
+        "{}",
+        masters[leaver].process.log()
+    );
 
     // A snapshot of the live cluster, restored into a new single master.
     let snapshot = dir("cluster.snap");

@@ -63,6 +63,13 @@ impl Client {
         }
     }
 
+    /// Talks to the members over mutual TLS with `tls` (members that have
+    /// peer TLS refuse clients without a certificate of their CA).
+    pub fn with_tls(mut self, tls: &crate::network::PeerTls) -> Self {
+        self.http = HttpTransport::with_tls(tls.client.clone());
+        self
+    }
+
     /// Sets the time limit of one request (default 15 s).
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::network::PeerTls;
 use crate::types::NodeId;
 
 /// etcd's default request size limit, which orch keeps.
@@ -49,9 +50,36 @@ pub struct NodeConfig {
     pub rpc_timeout: Duration,
     /// How often the leader checks leases for expiry.
     pub lease_check_interval: Duration,
+    /// Mutual TLS with the other members and clients (`None`: cleartext,
+    /// for tests and trusted networks).
+    pub peer_tls: Option<PeerTls>,
+}
+
+/// Raft's clock: how often the leader sends heartbeats and how long a
+/// follower waits before it campaigns. In openraft 0.9 a follower that
+/// heard from a leader also refuses other candidates for
+/// `election_timeout_max` (the leader lease) and campaigns only after the
+/// lease plus a random election timeout: a leader that dies is replaced
+/// after about `election_timeout_max + rand(min..max)`. The heartbeat is
+/// also the time limit of each append-entries call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RaftTiming {
+    /// Leader heartbeat period (and append time limit).
+    pub heartbeat_interval: Duration,
+    /// Lower bound of the randomized election timeout.
+    pub election_timeout_min: Duration,
+    /// Upper bound of the randomized election timeout (and the lease).
+    pub election_timeout_max: Duration,
 }
 
 impl NodeConfig {
+    /// Sets Raft's clock.
+    pub fn set_timing(&mut self, timing: RaftTiming) {
+        self.heartbeat_interval = timing.heartbeat_interval;
+        self.election_timeout_min = timing.election_timeout_min;
+        self.election_timeout_max = timing.election_timeout_max;
+    }
+
     /// Production defaults for member `id` keeping its data in `data_dir`,
     /// listening on `listen_addr`.
     pub fn new(id: NodeId, data_dir: impl Into<PathBuf>, listen_addr: SocketAddr) -> Self {
@@ -78,6 +106,7 @@ impl NodeConfig {
             request_timeout: Duration::from_secs(10),
             rpc_timeout: Duration::from_millis(1000),
             lease_check_interval: Duration::from_millis(200),
+            peer_tls: None,
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod codec;
 pub mod command;
 pub mod config;
 pub mod error;
+mod handover;
 pub mod kv;
 mod lease;
 pub mod member;
@@ -29,7 +30,7 @@ pub mod watch;
 
 pub use client::Client;
 pub use command::{Batch, BatchResult, Command, CommandResult};
-pub use config::NodeConfig;
+pub use config::{NodeConfig, RaftTiming};
 pub use error::{Result, StoreError};
 pub use kv::Kv;
 pub use node::{restore_snapshot, StoreNode};

@@ -67,6 +67,39 @@ impl StoreNode {
         }
     }
 
+    /// Waits until the leader has replicated up to `index` to `id`.
+    async fn wait_caught_up(&self, id: NodeId, index: u64) -> Result<()> {
+        let limit = self
+            .inner
+            .config
+            .request_timeout
+            .max(Duration::from_secs(30));
+        let deadline = Instant::now() + limit;
+        let mut metrics = self.inner.raft.metrics();
+        loop {
+            {
+                let m = metrics.borrow_and_update();
+                let matched = m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(&id).cloned().flatten())
+                    .map(|log| log.index);
+                if matched.is_some_and(|matched| matched >= index) {
+                    return Ok(());
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(StoreError::Unavailable(format!(
+                    "learner {id} did not catch up within {limit:?} (is it reachable, with a certificate of the cluster's CA?)"
+                )));
+            }
+            if let Ok(Err(_)) = tokio::time::timeout(left, metrics.changed()).await {
+                return Err(StoreError::Stopped);
+            }
+        }
+    }
+
     async fn change_membership_once(&self, change: MembershipChange) -> Result<()> {
         let raft = &self.inner.raft;
         let map_err = |e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>| match e {
@@ -85,9 +118,19 @@ impl StoreNode {
         match change {
             MembershipChange::AddLearner { id, addr } => {
                 tracing::info!(id, %addr, "adding learner");
-                raft.add_learner(id, BasicNode { addr }, true)
+                // openraft 0.9's blocking add_learner gives up waiting
+                // after a moment and reports success anyway: wait here.
+                let added = raft
+                    .add_learner(id, BasicNode { addr }, false)
                     .await
                     .map_err(map_err)?;
+                if let Err(e) = self.wait_caught_up(id, added.log_id.index).await {
+                    tracing::warn!(id, error = %e, "the learner did not catch up; removing it");
+                    let _ = raft
+                        .change_membership(ChangeMembers::RemoveNodes([id].into()), false)
+                        .await;
+                    return Err(e);
+                }
             }
             MembershipChange::Promote(ids) => {
                 tracing::info!(?ids, "promoting to voters");

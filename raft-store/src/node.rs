@@ -63,6 +63,8 @@ pub(crate) struct NodeInner {
     pub(crate) mvcc: Arc<Mutex<MvccState>>,
     pub(crate) transport: Arc<dyn Transport>,
     pub(crate) leases: LeaseDeadlines,
+    /// Since when this member leads (term and instant), as first seen.
+    pub(crate) leading_since: Mutex<Option<(u64, std::time::Instant)>>,
     proposals: mpsc::Sender<proposer::Proposal>,
     reads: mpsc::Sender<oneshot::Sender<Result<u64>>>,
     pub(crate) shutdown: watch::Sender<bool>,
@@ -102,9 +104,14 @@ fn raft_config(config: &NodeConfig) -> Result<Arc<openraft::Config>> {
 }
 
 impl StoreNode {
-    /// Starts a member with the real HTTP transport.
+    /// Starts a member with the real HTTP transport (over mutual TLS when
+    /// the config has [`peer_tls`](NodeConfig::peer_tls)).
     pub async fn start(config: NodeConfig) -> Result<StoreNode> {
-        Self::start_with_transport(config, Arc::new(HttpTransport::new())).await
+        let transport = match &config.peer_tls {
+            Some(tls) => HttpTransport::with_tls(tls.client.clone()),
+            None => HttpTransport::new(),
+        };
+        Self::start_with_transport(config, Arc::new(transport)).await
     }
 
     /// Starts a member whose messages to other members go through `transport`
@@ -154,6 +161,7 @@ impl StoreNode {
                 mvcc,
                 transport,
                 leases: LeaseDeadlines::default(),
+                leading_since: Mutex::new(None),
                 proposals: proposals_tx,
                 reads: reads_tx,
                 shutdown,
@@ -166,6 +174,7 @@ impl StoreNode {
             tokio::spawn(proposer::run(node.clone(), proposals_rx)),
             tokio::spawn(read_index::run(node.clone(), reads_rx)),
             tokio::spawn(crate::lease::run_keeper(node.clone())),
+            tokio::spawn(crate::handover::track_leadership(node.clone())),
         ];
         node.inner.tasks.lock().expect("tasks lock").extend(tasks);
         node.bootstrap_if_restored().await?;

@@ -59,6 +59,39 @@ impl OrchdProcess {
         }
     }
 
+    /// SIGTERM, and waits for it to exit (SIGKILL after `timeout`);
+    /// returns how long it took.
+    pub fn terminate(&mut self, timeout: Duration) -> Duration {
+        let started = Instant::now();
+        if let Some(mut child) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            while started.elapsed() < timeout {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return started.elapsed();
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        started.elapsed()
+    }
+
+    /// Waits up to `timeout` for it to exit on its own; whether it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if !self.running() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
     /// Starts it again with the same arguments.
     pub fn restart(&mut self) {
         self.kill9();
@@ -96,8 +129,18 @@ pub struct Master {
 
 impl Master {
     /// Starts `orchd server` (without an agent) over `dir`, joining the
-    /// cluster at `join` (a peer address, with its token) if given.
+    /// cluster at `join` (a master's API address, with its token) if given.
     pub fn start(exe: &Path, dir: &Path, join: Option<(&str, &str)>) -> Master {
+        Self::start_with(exe, dir, join, &[])
+    }
+
+    /// [`Master::start`] with more `orchd server` flags.
+    pub fn start_with(
+        exe: &Path,
+        dir: &Path,
+        join: Option<(&str, &str)>,
+        extra: &[String],
+    ) -> Master {
         let api = format!("127.0.0.1:{}", free_port());
         let peer = format!("127.0.0.1:{}", free_port());
         let mut args: Vec<String> = [
@@ -116,6 +159,7 @@ impl Master {
         if let Some((peer, token)) = join {
             args.extend(["--join".into(), peer.into(), "--token".into(), token.into()]);
         }
+        args.extend(extra.iter().cloned());
         let log = dir.with_extension("log");
         let mut process = OrchdProcess {
             exe: exe.to_path_buf(),
@@ -147,6 +191,12 @@ impl Master {
         }
     }
 
+    /// The address other masters give `--join` to join its cluster (its
+    /// API's).
+    pub fn join_address(&self) -> &str {
+        &self.api
+    }
+
     /// Its admin kubeconfig.
     pub fn kubeconfig(&self) -> PathBuf {
         self.process.dir.join("kubeconfig")
@@ -158,6 +208,18 @@ impl Master {
             .expect("the master wrote its token")
             .trim()
             .to_string()
+    }
+
+    /// Peer TLS with a certificate of this master's cluster CA, as
+    /// `orchd` commands on its host use.
+    pub fn peer_tls(&self) -> orch_raft_store::network::PeerTls {
+        let tls = self.process.dir.join("tls");
+        let ca = orch_core::cluster_ca::ClusterCa {
+            cert_pem: fs::read_to_string(tls.join("ca.crt")).expect("the master keeps its CA"),
+            key_pem: fs::read_to_string(tls.join("ca.key")).expect("the master keeps its CA key"),
+        };
+        ca.peer_tls(&[std::net::IpAddr::from([127, 0, 0, 1])], &[])
+            .expect("a peer certificate")
     }
 
     /// Its store member id.

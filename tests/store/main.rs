@@ -4,11 +4,13 @@
 mod bad_input;
 mod catchup;
 mod failover;
+mod handover;
 mod kv;
 mod lease;
 mod partition;
 mod process;
 mod snapshot;
+mod tls;
 mod txn;
 mod watch;
 

@@ -67,6 +67,8 @@ async fn main() {
         tls: None,
         ca_pem: None,
         secret_key: None,
+        peer_tls: None,
+        raft_timing: None,
     })
     .await
     {

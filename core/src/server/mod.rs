@@ -3,6 +3,7 @@
 
 mod discovery;
 mod handlers;
+pub mod members;
 mod openapi;
 mod protobuf;
 mod proxy;
@@ -32,7 +33,19 @@ pub use proxy::NodeProxy;
 pub use request::Query;
 pub use route::{parse as parse_route, Route};
 
-pub(crate) use handlers::dispatch;
+/// Answers a request whose body has been read: orch's own paths
+/// ([`members`]) or the Kubernetes API.
+pub(crate) async fn dispatch(
+    server: &ApiServer,
+    parts: &hyper::http::request::Parts,
+    body: Bytes,
+) -> Result<Response<Body>, ApiError> {
+    if parts.uri.path().starts_with(members::PREFIX) {
+        members::handle(server, &parts.method, parts.uri.path(), body).await
+    } else {
+        handlers::dispatch(server, parts, body).await
+    }
+}
 
 pub(crate) type Body = BoxBody<Bytes, Infallible>;
 
@@ -51,6 +64,11 @@ pub struct ApiServer {
     /// The cluster's CA bundle, served at `/cacerts` to nodes that hold a
     /// join token only (they check its hash).
     ca_pem: std::sync::OnceLock<String>,
+    /// What a joining master fetches at `/orch/v1/join-bundle`.
+    join_bundle: std::sync::OnceLock<Bytes>,
+    /// Turns true once this master's own member was removed through
+    /// `DELETE /orch/v1/members/{id}`.
+    removed: watch::Sender<bool>,
     /// Requests answered, by method and status code.
     requests: std::sync::Mutex<std::collections::BTreeMap<(String, u16), u64>>,
 }
@@ -75,6 +93,8 @@ impl ApiServer {
             loop_metrics: std::sync::OnceLock::new(),
             tokens: std::sync::OnceLock::new(),
             ca_pem: std::sync::OnceLock::new(),
+            join_bundle: std::sync::OnceLock::new(),
+            removed: watch::channel(false).0,
             requests: std::sync::Mutex::new(std::collections::BTreeMap::new()),
         })
     }
@@ -82,6 +102,30 @@ impl ApiServer {
     /// Serves the cluster's CA bundle at `/cacerts` (set once).
     pub fn serve_ca(&self, pem: String) {
         let _ = self.ca_pem.set(pem);
+    }
+
+    /// Hands `bundle` to authenticated callers of `/orch/v1/join-bundle`
+    /// (set once): what a master joining the cluster needs before it can
+    /// talk to its peers (orchd: the cluster CA).
+    pub fn serve_join_bundle(&self, bundle: Bytes) {
+        let _ = self.join_bundle.set(bundle);
+    }
+
+    /// Returns once this master's own store member has been removed from
+    /// the cluster through its API (`orchd leave`).
+    pub async fn removed_from_cluster(&self) {
+        let mut removed = self.removed.subscribe();
+        let _ = removed.wait_for(|removed| *removed).await;
+    }
+
+    /// Records that this master's own member was removed.
+    fn mark_removed(&self) {
+        self.removed.send_replace(true);
+    }
+
+    /// The join bundle, if one is served.
+    fn join_bundle(&self) -> Option<&Bytes> {
+        self.join_bundle.get()
     }
 
     /// From now on every request but [`PUBLIC_PATHS`] must carry
@@ -337,7 +381,7 @@ async fn answer(server: Arc<ApiServer>, req: Request<Incoming>) -> Response<Body
             }
             Err(e) => return error_response(&ApiError::bad_request(format!("reading the request body: {e}"))),
         };
-        let response = handlers::dispatch(&server, &parts, body).await;
+        let response = dispatch(&server, &parts, body).await;
         match response {
             Ok(response) => response,
             Err(e) => {

@@ -1,9 +1,12 @@
-//! The real transport: one pooled HTTP/2 client over TCP.
+//! The real transport: one pooled HTTP/2 client over TCP, in cleartext or
+//! over mutual TLS.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -11,10 +14,12 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use super::{BoxFuture, Transport, TransportError};
 use crate::types::NodeId;
 
-/// HTTP/2 cleartext transport with connection reuse per peer.
+/// HTTP/2 transport with connection reuse per peer.
 #[derive(Clone)]
 pub struct HttpTransport {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// `http` or `https`.
+    scheme: &'static str,
 }
 
 impl Default for HttpTransport {
@@ -24,18 +29,39 @@ impl Default for HttpTransport {
 }
 
 impl HttpTransport {
-    /// A transport with its own connection pool.
+    /// A cleartext transport with its own connection pool.
     pub fn new() -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        // A connector that could speak TLS but is only given http:// URIs.
+        let unused = rustls::ClientConfig::builder_with_provider(super::tls::crypto_provider())
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default protocol versions")
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        Self::build(Arc::new(unused), "http")
+    }
+
+    /// A transport over TLS with `tls` (see [`PeerTls`](super::PeerTls)).
+    pub fn with_tls(tls: Arc<rustls::ClientConfig>) -> Self {
+        Self::build(tls, "https")
+    }
+
+    fn build(tls: Arc<rustls::ClientConfig>, scheme: &'static str) -> Self {
+        let mut tcp = HttpConnector::new();
+        tcp.set_nodelay(true);
+        tcp.set_connect_timeout(Some(Duration::from_secs(2)));
+        tcp.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config((*tls).clone())
+            .https_or_http()
+            .enable_http2()
+            .wrap_connector(tcp);
         let client = Client::builder(TokioExecutor::new())
             .timer(TokioTimer::new())
             .http2_only(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
             .http2_keep_alive_timeout(Duration::from_secs(5))
             .build(connector);
-        HttpTransport { client }
+        HttpTransport { client, scheme }
     }
 
     /// Posts a body and returns the full answer body.
@@ -46,7 +72,7 @@ impl HttpTransport {
         body: Bytes,
         timeout: Duration,
     ) -> Result<Bytes, TransportError> {
-        let uri = format!("http://{addr}{path}");
+        let uri = format!("{}://{addr}{path}", self.scheme);
         let request = hyper::Request::post(&uri)
             .header("content-type", "application/octet-stream")
             .body(Full::new(body))
@@ -86,7 +112,7 @@ impl HttpTransport {
         path: &str,
         body: Bytes,
     ) -> Result<hyper::body::Incoming, TransportError> {
-        let uri = format!("http://{addr}{path}");
+        let uri = format!("{}://{addr}{path}", self.scheme);
         let request = hyper::Request::post(&uri)
             .body(Full::new(body))
             .map_err(|e| TransportError::Unreachable(format!("bad address {addr}: {e}")))?;

@@ -1,4 +1,5 @@
-//! How members talk: HTTP/2 (cleartext, prior knowledge) carrying bincode
+//! How members talk: HTTP/2 (over mutual TLS when the member has
+//! [`PeerTls`], else cleartext with prior knowledge) carrying bincode
 //! bodies. Every message is a `POST` to one of the paths below; the body of a
 //! Raft RPC is an [`Envelope`] naming the sender, which the receiver checks
 //! against its membership; the answer is a bincode `Result` of the RPC.
@@ -17,6 +18,7 @@
 //! | `/client/status`         | `()`                        | `Result<MemberStatus, StoreError>`     |
 //! | `/admin/membership`      | `MembershipChange`          | `Result<MemberStatus, StoreError>`     |
 //! | `/admin/snapshot`        | `()`                        | framed snapshot bytes or an error      |
+//! | `/admin/campaign`        | `Envelope<()>` (from the leader) | `Result<(), StoreError>`: start an election now |
 //!
 //! Transports are pluggable ([`Transport`]): [`HttpTransport`] is the real
 //! one; [`FaultyTransport`] wraps any transport to drop, delay or partition
@@ -27,6 +29,7 @@ mod http;
 mod http_server;
 mod raft_network;
 pub mod server;
+mod tls;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -39,6 +42,7 @@ pub use fault::{FaultRules, FaultyTransport};
 pub use http::HttpTransport;
 pub use http_server::{serve_http, serve_https};
 pub use raft_network::NetworkFactory;
+pub use tls::{crypto_provider, PeerTls};
 
 use crate::types::NodeId;
 
@@ -66,6 +70,8 @@ pub const PATH_STATUS: &str = "/client/status";
 pub const PATH_MEMBERSHIP: &str = "/admin/membership";
 /// Path of snapshot downloads.
 pub const PATH_SNAPSHOT_SAVE: &str = "/admin/snapshot";
+/// Path where a leader that hands over asks its successor to campaign.
+pub const PATH_CAMPAIGN: &str = "/admin/campaign";
 
 /// A Raft RPC with its sender.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -14,9 +14,9 @@ use tokio::net::TcpListener;
 use tracing::Instrument;
 
 use super::{
-    Envelope, MembershipChange, PATH_APPEND, PATH_COMMAND, PATH_KEEPALIVE, PATH_MEMBERSHIP,
-    PATH_PROPOSE, PATH_RANGE, PATH_READ_INDEX, PATH_SNAPSHOT, PATH_SNAPSHOT_SAVE, PATH_STATUS,
-    PATH_VOTE, PATH_WATCH,
+    Envelope, MembershipChange, PATH_APPEND, PATH_CAMPAIGN, PATH_COMMAND, PATH_KEEPALIVE,
+    PATH_MEMBERSHIP, PATH_PROPOSE, PATH_RANGE, PATH_READ_INDEX, PATH_SNAPSHOT, PATH_SNAPSHOT_SAVE,
+    PATH_STATUS, PATH_VOTE, PATH_WATCH,
 };
 use crate::codec::{decode, encode};
 use crate::command::{Command, CommandResult};
@@ -30,11 +30,20 @@ type Body = BoxBody<Bytes, Infallible>;
 /// Largest body accepted on a Raft path (append batches, snapshot chunks).
 const MAX_RAFT_BODY: usize = 256 << 20;
 
-/// Accepts connections until the member shuts down; then every open
+/// Accepts connections (over mutual TLS when the member has peer TLS
+/// settings) until the member shuts down; then every open
 /// connection is dropped (its socket closed).
 pub async fn serve(listener: TcpListener, node: StoreNode) {
     let stop = node.inner.shutdown.subscribe();
-    super::serve_http(listener, stop, move |req| handle(node.clone(), req)).await
+    match node.inner.config.peer_tls.clone() {
+        Some(tls) => {
+            super::serve_https(listener, stop, tls.server, move |req| {
+                handle(node.clone(), req)
+            })
+            .await
+        }
+        None => super::serve_http(listener, stop, move |req| handle(node.clone(), req)).await,
+    }
 }
 
 fn full(status: StatusCode, bytes: Vec<u8>) -> Response<Body> {
@@ -189,6 +198,13 @@ async fn route(node: &StoreNode, path: &str, body: Bytes) -> Response<Body> {
             answer(&node.change_membership(change).await)
         }
         PATH_SNAPSHOT_SAVE => answer(&node.snapshot_bytes().await),
+        PATH_CAMPAIGN => {
+            let envelope: Envelope<()> = match decode_request(&body) {
+                Ok(envelope) => envelope,
+                Err(response) => return *response,
+            };
+            answer(&node.campaign(envelope.from).await)
+        }
         PATH_WATCH => {
             let req: WatchRequest = match decode_request(&body) {
                 Ok(r) => r,
