@@ -544,6 +544,17 @@ async fn node_with_expired_lease_is_tainted_and_its_pods_evicted() {
         (!pod_exists(&client, NS, "victim").await).then_some(())
     })
     .await;
+    wait_until("an eviction Event names the pod", WAIT, || async {
+        let (events, _) = client.list::<Event>(Some(NS), None).await.ok()?;
+        events
+            .iter()
+            .any(|e| {
+                e.reason.as_deref() == Some("TaintManagerEviction")
+                    && e.involved_object.name.as_deref() == Some("victim")
+            })
+            .then_some(())
+    })
+    .await;
     assert!(
         stopped.elapsed() < Duration::from_secs(5),
         "eviction took {:?}",

@@ -596,6 +596,23 @@ async fn evict(
         tracing::info!(node, namespace, pod = name, unreachable, "evicting pod");
         match delete_pod(&state.client, namespace, name, &options).await {
             Ok(rev) => {
+                if !terminating {
+                    let why = if unreachable {
+                        "unreachable"
+                    } else {
+                        "not ready"
+                    };
+                    util::record_event(
+                        &state.client,
+                        pod.as_ref(),
+                        "Normal",
+                        "TaintManagerEviction",
+                        &format!(
+                            "Marking for deletion Pod {namespace}/{name}: node {node} is {why}"
+                        ),
+                    )
+                    .await;
+                }
                 state.pods.wait_for_revision(rev, WRITE_WAIT).await;
             }
             Err(e) if e.code == 404 => {}
