@@ -9,6 +9,7 @@ mod protobuf;
 mod proxy;
 mod request;
 mod route;
+mod schemas;
 mod table;
 
 use std::convert::Infallible;
