@@ -104,6 +104,20 @@ impl TestNode {
         node
     }
 
+    /// No pod network unless the test asks for one: test nodes share the
+    /// host, and a bridge of their own is the network tests' business.
+    fn network_args(&self) -> Vec<&'static str> {
+        if self
+            .extra_args
+            .iter()
+            .any(|a| a.starts_with("--pod-network"))
+        {
+            Vec::new()
+        } else {
+            vec!["--pod-network", "none"]
+        }
+    }
+
     fn spawn(&mut self) {
         let log = fs::OpenOptions::new()
             .create(true)
@@ -116,6 +130,7 @@ impl TestNode {
             .arg(self.dir.path())
             .args(["--cgroup-parent", &self.cgroup_parent])
             .args(["--port", "0", "--restart-backoff-ms", "1000"])
+            .args(self.network_args())
             .args(&self.extra_args)
             .env(
                 "RUST_LOG",

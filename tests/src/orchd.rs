@@ -274,6 +274,9 @@ impl Worker {
             "0",
             "--cgroup-parent",
             &cgroup_parent,
+            // Workers share this host: no bridge of the default name.
+            "--pod-network",
+            "none",
         ]
         .iter()
         .map(|s| s.to_string())

@@ -9,7 +9,9 @@ use std::time::Duration;
 use clap::Parser;
 
 use super::log_rotation::LogRotation;
+use super::network::PodNetworkMode;
 use super::{Agent, AgentConfig};
+use crate::net::Cidr;
 
 /// Flags of `orch-agent`.
 #[derive(Debug, Parser)]
@@ -77,6 +79,24 @@ pub struct Args {
     /// registries on loopback always are).
     #[arg(long = "insecure-registry")]
     pub insecure_registries: Vec<String>,
+    /// The pod network: `bridge` (a bridge, a veth and an address from the
+    /// Node's podCIDR per pod), `none` (loopback only), or `auto`: bridge
+    /// once the Node has a podCIDR.
+    #[arg(long, value_enum, default_value_t = PodNetworkMode::Auto)]
+    pub pod_network: PodNetworkMode,
+    /// The node's bridge (at most 15 bytes); its masquerade table is the
+    /// nftables table `ip <NAME>-nat`. Agents sharing a host need names of
+    /// their own.
+    #[arg(long, default_value = "orch0")]
+    pub bridge_name: String,
+    /// Destinations whose traffic from pods is not masqueraded (default:
+    /// every Node's podCIDR).
+    #[arg(long, value_parser = parse_cidr)]
+    pub cluster_cidr: Option<Cidr>,
+}
+
+fn parse_cidr(s: &str) -> Result<Cidr, String> {
+    Cidr::parse(s).ok_or_else(|| format!("{s:?} is not an IPv4 range a.b.c.d/n"))
 }
 
 /// Imports each of `imports` (`PATH=NAME` layouts, `PATH` archives) into
@@ -144,6 +164,9 @@ impl Args {
             max_files: self.container_log_max_files as usize,
             interval: Duration::from_millis(self.log_check_interval_ms.max(100)),
         };
+        config.network.mode = self.pod_network;
+        config.network.bridge = self.bridge_name.clone();
+        config.network.cluster_cidr = self.cluster_cidr;
         config
     }
 }

@@ -25,6 +25,7 @@ pub mod env;
 pub mod health;
 pub mod host;
 pub mod log_rotation;
+pub mod network;
 pub mod node;
 pub mod pods;
 pub mod probe;
@@ -102,6 +103,8 @@ pub struct AgentConfig {
     pub usage_interval: Duration,
     /// How large container logs may grow before they are rotated.
     pub log_rotation: log_rotation::LogRotation,
+    /// The pod network (bridge, veths, pod addresses, routes, masquerade).
+    pub network: network::NetworkConfig,
 }
 
 impl AgentConfig {
@@ -136,6 +139,7 @@ impl AgentConfig {
             volume_refresh: Duration::from_secs(10),
             usage_interval: Duration::from_secs(10),
             log_rotation: log_rotation::LogRotation::default(),
+            network: network::NetworkConfig::new(&data_dir),
         }
     }
 }
@@ -168,6 +172,9 @@ pub enum AgentError {
     /// The node name is not a valid Node name.
     #[error("invalid node name {0:?}: {1}")]
     NodeName(String, String),
+    /// The pod network could not be opened or cleaned up.
+    #[error("pod network: {0}")]
+    Network(#[from] crate::net::NetError),
 }
 
 /// A running agent.
@@ -186,6 +193,10 @@ impl Agent {
             return Err(AgentError::NodeName(config.node_name.clone(), reason));
         }
         let images = ImageStore::open(&config.image_dir)?;
+        let network = Arc::new(network::PodNetwork::new(
+            config.network.clone(),
+            &config.node_name,
+        )?);
         let runtime = PodRuntime::start(config.runtime.clone(), images.clone())?;
         let address = config
             .node_ip
@@ -213,11 +224,18 @@ impl Agent {
             client.clone(),
             runtime,
             images,
+            network.clone(),
             address.clone(),
             queue.clone(),
             stop.clone(),
         ));
         shared.adopt().await?;
+        let on_host = shared
+            .pods_on_host()
+            .into_iter()
+            .map(|(uid, _)| uid)
+            .collect();
+        network.release_gone(&on_host).await?;
         let server = server::serve(
             listener,
             server::AgentServerConfig {
@@ -249,6 +267,7 @@ impl Agent {
             node_uid,
             stop.clone(),
         ));
+        tasks.spawn(network.run(client.clone(), stop.clone()));
         tasks.spawn(usage::report(shared.clone(), config.usage_interval));
         tasks.spawn(log_rotation::run(
             config.runtime.log_dir.clone(),

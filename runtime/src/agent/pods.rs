@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::container::container_config;
 use super::env::{self, PodFacts};
 use super::health::HealthChecks;
+use super::network::PodNetwork;
 use super::status::{self, exit_of, succeeded, Probed, Runs, StatusInputs, Waiting};
 use super::volumes::{self, PreparedVolumes, VolumeConfig};
 use super::AgentConfig;
@@ -62,6 +63,8 @@ pub struct Shared {
     pub(crate) client: Client,
     pub(crate) runtime: PodRuntime,
     images: ImageStore,
+    /// Pod addresses and interfaces.
+    pub(crate) network: Arc<PodNetwork>,
     host_ip: String,
     pub(crate) queue: Queue<ObjectKey>,
     pub(crate) stop: CancellationToken,
@@ -81,11 +84,13 @@ pub struct Shared {
 
 impl Shared {
     /// The shared state of a starting agent.
+    #[allow(clippy::too_many_arguments)] // the agent's parts, each made by `Agent::start`
     pub(crate) fn new(
         config: AgentConfig,
         client: Client,
         runtime: PodRuntime,
         images: ImageStore,
+        network: Arc<PodNetwork>,
         host_ip: String,
         queue: Queue<ObjectKey>,
         stop: CancellationToken,
@@ -94,6 +99,7 @@ impl Shared {
             client,
             runtime,
             images,
+            network,
             host_ip,
             queue,
             stop,
@@ -214,10 +220,20 @@ impl Shared {
         self.config.volume_dir.join(uid)
     }
 
+    /// The pod's address: the node's for `hostNetwork` pods, else the
+    /// one the pod network gave it (if any).
+    fn pod_ip(&self, pod: &Pod) -> Option<String> {
+        if host_network(pod) {
+            return Some(self.host_ip.clone());
+        }
+        let uid = pod.metadata.uid.as_deref()?;
+        self.network.pod_ip(uid).map(|ip| ip.to_string())
+    }
+
     /// What the agent knows of a pod for its environment and volumes.
-    fn facts(&self) -> PodFacts {
+    fn facts(&self, pod: &Pod) -> PodFacts {
         PodFacts {
-            pod_ip: None,
+            pod_ip: self.pod_ip(pod),
             host_ip: Some(self.host_ip.clone()),
             allocatable_cpu_millis: None,
             allocatable_memory_bytes: None,
@@ -225,12 +241,16 @@ impl Shared {
     }
 
     /// Stops and removes everything of pod `uid` on the host: containers,
-    /// namespaces, cgroups, then its volumes.
+    /// namespaces, cgroups, then its veth and address, then its volumes.
     async fn teardown(&self, uid: &str, grace: Duration) -> Result<(), ReconcileError> {
         self.runtime
             .teardown_pod(uid, grace, true)
             .await
             .map_err(local)?;
+        self.network
+            .release_pod(uid)
+            .await
+            .map_err(|e| ReconcileError::Local(e.to_string()))?;
         volumes::cleanup(&self.volume_dir(uid))
             .map_err(|e| ReconcileError::Local(e.to_string()))?;
         self.notes().remove(uid);
@@ -364,6 +384,14 @@ pub async fn reconcile(shared: &Shared, key: &str) -> Result<Action, ReconcileEr
     sync(shared, cache, &pod).await
 }
 
+/// Whether the pod uses the node's network namespace.
+fn host_network(pod: &Pod) -> bool {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.host_network)
+        .unwrap_or(false)
+}
+
 fn local(e: PodError) -> ReconcileError {
     ReconcileError::Local(e.to_string())
 }
@@ -462,13 +490,39 @@ async fn sync(shared: &Shared, cache: &Cache<Pod>, pod: &Pod) -> Result<Action, 
     }
     let sandbox = shared
         .runtime
-        .create_sandbox(SandboxConfig {
-            uid: uid.clone(),
-            name: name.clone(),
-            namespace: namespace.clone(),
-        })
+        .create_sandbox_with(
+            SandboxConfig {
+                uid: uid.clone(),
+                name: name.clone(),
+                namespace: namespace.clone(),
+            },
+            host_network(pod),
+        )
         .await;
-    if let Err(e) = &sandbox {
+    let mut sandbox_error = sandbox.as_ref().err().map(|e| e.to_string());
+    let mut step_wake_network = false;
+    if let (Ok(sandbox), false) = (&sandbox, host_network(pod)) {
+        if let Err(e) = shared
+            .network
+            .ensure_pod(&uid, &sandbox.ns_path("net"))
+            .await
+        {
+            let started = shared
+                .runtime
+                .pod_containers(&uid)
+                .await
+                .is_ok_and(|c| !c.is_empty());
+            if started {
+                // A pod whose containers run already (adopted after a
+                // restart) keeps running; the next pass checks again.
+                tracing::warn!(pod = %key, error = %e, "checking the pod network");
+                step_wake_network = true;
+            } else {
+                sandbox_error = Some(format!("setting up the pod network: {e}"));
+            }
+        }
+    }
+    if let Some(e) = &sandbox_error {
         shared
             .event(
                 pod,
@@ -478,8 +532,11 @@ async fn sync(shared: &Shared, cache: &Cache<Pod>, pod: &Pod) -> Result<Action, 
             )
             .await;
     }
-    let sandbox_ready = sandbox.is_ok();
+    let sandbox_ready = sandbox_error.is_none();
     let mut step = Step::default();
+    if step_wake_network {
+        step.wake(shared.config.retry_interval);
+    }
     let mut forced_phase = None;
     let volumes_ready = sandbox_ready && prepare_volumes(shared, pod, &mut step).await;
     let mut read_before = None;
@@ -543,6 +600,7 @@ async fn sync(shared: &Shared, cache: &Cache<Pod>, pod: &Pod) -> Result<Action, 
         Ok(sandbox) => check_health(shared, pod, sandbox, &runs, &mut step).await,
         Err(_) => HashMap::new(),
     };
+    let pod_ip = shared.pod_ip(pod);
     let desired = {
         let notes = shared.notes();
         let empty = PodNotes::default();
@@ -555,7 +613,7 @@ async fn sync(shared: &Shared, cache: &Cache<Pod>, pod: &Pod) -> Result<Action, 
                 probes: &probes,
                 sandbox_ready,
                 host_ip: &shared.host_ip,
-                pod_ip: None,
+                pod_ip: pod_ip.as_deref(),
                 image_ids: &notes.image_ids,
                 forced_phase,
             },
@@ -608,7 +666,7 @@ async fn prepare_volumes(shared: &Shared, pod: &Pod, step: &mut Step) -> bool {
         pod,
         &shared.volume_dir(&uid),
         &shared.volume_config,
-        &shared.facts(),
+        &shared.facts(pod),
     )
     .await;
     let projected = specs.iter().any(|v| {
@@ -1022,7 +1080,7 @@ async fn inputs(
     pod: &Pod,
     container: &Container,
 ) -> Result<(Vec<(String, String)>, Vec<BindMount>), String> {
-    let env = env::container_env(&shared.client, pod, container, &shared.facts())
+    let env = env::container_env(&shared.client, pod, container, &shared.facts(pod))
         .await
         .map_err(|e| e.to_string())?;
     let uid = pod.metadata.uid.clone().unwrap_or_default();

@@ -146,7 +146,7 @@ pub enum ProbeError {
 pub struct ProbeTarget {
     /// The container (its runtime id) exec probes run in.
     pub container_id: String,
-    /// The pod's network namespace file (`Sandbox::ns_path("net")`).
+    /// The pod's network namespace file (`Sandbox::netns_path`).
     pub netns: PathBuf,
     /// The pod's IP, if it has one (the default host of network probes).
     pub pod_ip: Option<IpAddr>,
@@ -175,7 +175,7 @@ impl ProbeTarget {
             .collect();
         ProbeTarget {
             container_id: container_id.to_string(),
-            netns: sandbox.ns_path("net"),
+            netns: sandbox.netns_path(),
             pod_ip,
             named_ports,
         }

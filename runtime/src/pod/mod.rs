@@ -250,7 +250,17 @@ impl PodRuntime {
     /// Creates the pod's sandbox (namespaces, hostname, hosts file), or
     /// returns the existing one.
     pub async fn create_sandbox(&self, config: SandboxConfig) -> Result<Sandbox> {
-        self.call(move |w| sandbox::create(&w.places.pods, &config))
+        self.create_sandbox_with(config, false).await
+    }
+
+    /// [`PodRuntime::create_sandbox`] for a pod that, with `host_network`,
+    /// stays in the host's network and UTS namespaces (`hostNetwork`).
+    pub async fn create_sandbox_with(
+        &self,
+        config: SandboxConfig,
+        host_network: bool,
+    ) -> Result<Sandbox> {
+        self.call(move |w| sandbox::create(&w.places.pods, &config, host_network))
             .await
     }
 
@@ -476,7 +486,7 @@ impl PodRuntime {
                     }
                 };
                 let mut namespaces_present = true;
-                for (kind, _) in sandbox::SHARED_NAMESPACES {
+                for (kind, _) in sandbox.namespaces() {
                     namespaces_present &= sandbox::is_ns_mounted(&sandbox.ns_path(kind))?;
                 }
                 let mut containers = Vec::new();

@@ -8,6 +8,10 @@
 //! loopback up over netlink, bind-mounts `/proc/thread-self/ns/*` onto the
 //! files and ends. No process is left running for the sandbox (no "pause"
 //! container): the bind mounts hold the namespaces.
+//!
+//! A `hostNetwork` pod's sandbox (marked by a `host-network` file) holds
+//! its IPC namespace only: its containers stay in the host's network and
+//! UTS namespaces, and its `/etc/hostname` and `/etc/hosts` are the host's.
 
 use std::fs;
 use std::io;
@@ -25,6 +29,18 @@ pub(crate) const SHARED_NAMESPACES: [(&str, CloneFlags); 3] = [
     ("ipc", CloneFlags::CLONE_NEWIPC),
     ("uts", CloneFlags::CLONE_NEWUTS),
 ];
+
+/// The file marking a `hostNetwork` pod's sandbox.
+const HOST_NETWORK_MARK: &str = "host-network";
+
+/// The namespaces a sandbox holds: all of [`SHARED_NAMESPACES`], or for a
+/// `hostNetwork` pod only IPC.
+fn owned_namespaces(host_network: bool) -> Vec<(&'static str, CloneFlags)> {
+    SHARED_NAMESPACES
+        .into_iter()
+        .filter(|(kind, _)| !host_network || *kind == "ipc")
+        .collect()
+}
 
 /// What a sandbox is made for: the pod's identity.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,6 +66,26 @@ impl Sandbox {
     /// The file holding namespace `kind` (`net`, `ipc` or `uts`).
     pub fn ns_path(&self, kind: &str) -> PathBuf {
         self.dir.join("ns").join(kind)
+    }
+
+    /// Whether the pod uses the host's network (and UTS) namespace.
+    pub fn host_network(&self) -> bool {
+        self.dir.join(HOST_NETWORK_MARK).exists()
+    }
+
+    /// The pod's network namespace file: its own, or the agent's (the
+    /// host's) for a `hostNetwork` pod.
+    pub fn netns_path(&self) -> PathBuf {
+        if self.host_network() {
+            PathBuf::from("/proc/self/ns/net")
+        } else {
+            self.ns_path("net")
+        }
+    }
+
+    /// The namespaces the sandbox holds (and its containers join).
+    pub(crate) fn namespaces(&self) -> Vec<(&'static str, CloneFlags)> {
+        owned_namespaces(self.host_network())
     }
 
     /// The file bind-mounted as the containers' `/etc/hostname`.
@@ -93,8 +129,13 @@ pub(crate) fn validate(config: &SandboxConfig) -> Result<()> {
 }
 
 /// Creates (or finds, if it exists and is complete) the sandbox of a pod in
-/// `pods_dir/<uid>`.
-pub(crate) fn create(pods_dir: &Path, config: &SandboxConfig) -> Result<Sandbox> {
+/// `pods_dir/<uid>`; with `host_network`, one that leaves the pod in the
+/// host's network and UTS namespaces.
+pub(crate) fn create(
+    pods_dir: &Path,
+    config: &SandboxConfig,
+    host_network: bool,
+) -> Result<Sandbox> {
     validate(config)?;
     let sandbox = Sandbox {
         config: config.clone(),
@@ -106,38 +147,55 @@ pub(crate) fn create(pods_dir: &Path, config: &SandboxConfig) -> Result<Sandbox>
         "creating {}",
         sandbox.containers_dir().display()
     )))?;
-    write_file(
-        &sandbox.hostname_file(),
-        format!("{}\n", config.name).as_bytes(),
-    )?;
-    write_file(
-        &sandbox.hosts_file(),
-        format!(
-            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{}\n",
-            config.name
-        )
-        .as_bytes(),
-    )?;
+    let mark = sandbox.dir.join(HOST_NETWORK_MARK);
+    if host_network {
+        write_file(&mark, b"")?;
+        let hostname = nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        write_file(&sandbox.hostname_file(), format!("{hostname}\n").as_bytes())?;
+        let hosts = fs::read("/etc/hosts").unwrap_or_default();
+        write_file(&sandbox.hosts_file(), &hosts)?;
+    } else {
+        match fs::remove_file(&mark) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(PodError::io(format!("removing {}", mark.display()))(e)),
+        }
+        write_file(
+            &sandbox.hostname_file(),
+            format!("{}\n", config.name).as_bytes(),
+        )?;
+        write_file(
+            &sandbox.hosts_file(),
+            format!(
+                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{}\n",
+                config.name
+            )
+            .as_bytes(),
+        )?;
+    }
     let record = serde_json::to_vec_pretty(config).map_err(|e| PodError::Record {
         path: sandbox.dir.join("pod.json").display().to_string(),
         reason: e.to_string(),
     })?;
     write_file(&sandbox.dir.join("pod.json"), &record)?;
 
+    let owned = owned_namespaces(host_network);
     let mut mounted = 0;
-    for (kind, _) in SHARED_NAMESPACES {
+    for (kind, _) in &owned {
         if is_ns_mounted(&sandbox.ns_path(kind))? {
             mounted += 1;
         }
     }
-    if mounted == SHARED_NAMESPACES.len() {
+    if mounted == owned.len() {
         return Ok(sandbox);
     }
     if mounted > 0 {
         // A half-made sandbox (an agent died while creating it): start over.
         unmount_namespaces(&sandbox)?;
     }
-    for (kind, _) in SHARED_NAMESPACES {
+    for (kind, _) in &owned {
         let path = sandbox.ns_path(kind);
         fs::File::create(&path).map_err(PodError::io(format!("creating {}", path.display())))?;
     }
@@ -162,10 +220,15 @@ pub(crate) fn create(pods_dir: &Path, config: &SandboxConfig) -> Result<Sandbox>
 /// Runs on a thread of its own, which it leaves in the new namespaces (the
 /// thread ends right after).
 fn make_namespaces(sandbox: &Sandbox) -> Result<()> {
-    let flags = SHARED_NAMESPACES
+    let owned = sandbox.namespaces();
+    let flags = owned
         .iter()
         .fold(CloneFlags::empty(), |acc, (_, f)| acc | *f);
     nix::sched::unshare(flags).map_err(PodError::sys("unsharing the pod's namespaces"))?;
+    if !flags.contains(CloneFlags::CLONE_NEWNET) {
+        // A hostNetwork pod: the host's network and hostname stay as they are.
+        return bind_namespaces(sandbox, &owned);
+    }
     nix::unistd::sethostname(&sandbox.config.name)
         .map_err(PodError::sys("setting the pod's hostname"))?;
     let mut links = libcontainer::network::link::LinkClient::new(
@@ -180,7 +243,13 @@ fn make_namespaces(sandbox: &Sandbox) -> Result<()> {
         context: "bringing loopback up".to_string(),
         source,
     })?;
-    for (kind, _) in SHARED_NAMESPACES {
+    bind_namespaces(sandbox, &owned)
+}
+
+/// Bind-mounts the calling thread's namespaces `owned` onto the sandbox's
+/// files.
+fn bind_namespaces(sandbox: &Sandbox, owned: &[(&str, CloneFlags)]) -> Result<()> {
+    for (kind, _) in owned {
         let source = format!("/proc/thread-self/ns/{kind}");
         let target = sandbox.ns_path(kind);
         nix::mount::mount(

@@ -308,6 +308,14 @@ pub fn build(config: &ContainerConfig, inputs: &SpecInputs<'_>) -> Result<Value>
     let caps: Vec<&str> = DEFAULT_CAPABILITIES.to_vec();
     let sandbox = inputs.sandbox;
     let ns = |kind: &str, file: &str| json!({"type": kind, "path": sandbox.ns_path(file).display().to_string()});
+    let mut namespaces = vec![json!({"type": "pid"}), json!({"type": "mount"})];
+    for (file, _) in sandbox.namespaces() {
+        let kind = match file {
+            "net" => "network",
+            other => other,
+        };
+        namespaces.push(ns(kind, file));
+    }
     Ok(json!({
         "ociVersion": "1.0.2",
         "root": {"path": inputs.rootfs.display().to_string(), "readonly": false},
@@ -326,13 +334,7 @@ pub fn build(config: &ContainerConfig, inputs: &SpecInputs<'_>) -> Result<Value>
         "linux": {
             "cgroupsPath": inputs.cgroups_path.display().to_string(),
             "resources": resources,
-            "namespaces": [
-                {"type": "pid"},
-                {"type": "mount"},
-                ns("network", "net"),
-                ns("ipc", "ipc"),
-                ns("uts", "uts"),
-            ],
+            "namespaces": namespaces,
             "maskedPaths": [
                 "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
                 "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi",
