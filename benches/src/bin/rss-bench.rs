@@ -193,10 +193,17 @@ struct Server {
     dir: PathBuf,
     api: String,
     log: PathBuf,
+    /// The embedded agent's pod network (default bridge and its nftables
+    /// table) did not exist before: remove it with the server.
+    owns_pod_network: bool,
 }
+
+/// The bridge an embedded agent makes by default.
+const DEFAULT_BRIDGE: &str = "orch0";
 
 impl Server {
     fn start(orchd: &Path, dir: &Path) -> Result<Server> {
+        let owns_pod_network = !Path::new("/sys/class/net").join(DEFAULT_BRIDGE).exists();
         let api = format!("127.0.0.1:{}", free_port());
         let log = dir.with_extension("log");
         let out = fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
@@ -218,6 +225,7 @@ impl Server {
             dir: dir.to_path_buf(),
             api,
             log,
+            owns_pod_network,
         })
     }
 
@@ -275,6 +283,16 @@ impl Drop for Server {
             if parent_of(agent).is_some() && cmdline(agent).get(1).is_some_and(|a| a == "agent") {
                 let _ = kill(Pid::from_raw(agent as i32), Signal::SIGKILL);
             }
+        }
+        if self.owns_pod_network {
+            let _ = Command::new("ip")
+                .args(["link", "del", DEFAULT_BRIDGE])
+                .stderr(std::process::Stdio::null())
+                .status();
+            let _ = Command::new("nft")
+                .args(["delete", "table", "ip", &format!("{DEFAULT_BRIDGE}-nat")])
+                .stderr(std::process::Stdio::null())
+                .status();
         }
     }
 }
