@@ -26,6 +26,7 @@ pub mod registry;
 pub mod resource;
 pub mod selector;
 pub mod server;
+pub mod service_ips;
 pub mod tls;
 pub mod typed;
 pub mod validation;

@@ -16,6 +16,7 @@ use crate::error::ApiError;
 use crate::object;
 use crate::resource::{self, Resource};
 use crate::selector::{FieldSelector, LabelSelector};
+use crate::service_ips;
 
 /// How a list or watch is narrowed.
 #[derive(Debug, Clone, Default)]
@@ -340,6 +341,9 @@ impl Registry {
         }
         let name = object::name(&object).to_string();
         let key = resource.key(namespace.as_deref(), &name);
+        if resource.kind == "Service" && service_ips::needs_cluster_ip(&object) {
+            return self.create_service(resource, key, &name, object).await;
+        }
         let body = self.codec.encode(resource, &key, &object)?;
         let guard = Compare::create_revision(key.clone(), CompareOp::Equal, 0);
         let Some(revision) = self
@@ -350,6 +354,53 @@ impl Registry {
         };
         object::set_resource_version(&mut object, revision);
         Ok(object)
+    }
+
+    /// Creates a Service with its ClusterIP, the address and the object in
+    /// one transaction (the requested address, or random ones until a free
+    /// one is found).
+    async fn create_service(
+        &self,
+        resource: &Resource,
+        key: String,
+        name: &str,
+        mut object: Value,
+    ) -> Result<Value, ApiError> {
+        let requested = service_ips::requested_ip(&object, name)?;
+        for _ in 0..64 {
+            let ip = requested.unwrap_or_else(service_ips::random_ip);
+            object["spec"]["clusterIP"] = json!(ip.to_string());
+            object["spec"]["clusterIPs"] = json!([ip.to_string()]);
+            let body = self.codec.encode(resource, &key, &object)?;
+            let ip_key = service_ips::allocation_key(ip);
+            let resp = self
+                .store
+                .txn(TxnRequest {
+                    compare: vec![
+                        Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+                        Compare::create_revision(ip_key.clone(), CompareOp::Equal, 0),
+                    ],
+                    success: vec![
+                        TxnOp::Put(PutRequest::new(key.clone(), body)),
+                        TxnOp::Put(PutRequest::new(ip_key, key.clone().into_bytes())),
+                    ],
+                    failure: vec![],
+                })
+                .await?;
+            if resp.succeeded {
+                object::set_resource_version(&mut object, resp.revision);
+                return Ok(object);
+            }
+            if self.read(&key).await?.is_some() {
+                return Err(ApiError::already_exists(resource.plural, name));
+            }
+            if requested.is_some() {
+                return Err(service_ips::already_allocated(name, ip));
+            }
+        }
+        Err(ApiError::internal(
+            "no free ClusterIP found in the service range",
+        ))
     }
 
     /// Reads one object.
@@ -622,13 +673,32 @@ impl Registry {
         mut object: Value,
     ) -> Result<Value, ApiError> {
         let guard = Compare::mod_revision(key, CompareOp::Equal, expected);
-        let delete = TxnOp::Delete(DeleteRequest {
+        let mut success = vec![TxnOp::Delete(DeleteRequest {
             range: KeyRange::key(key),
             prev_kv: false,
-        });
-        let Some(revision) = self.guarded(guard, delete).await? else {
+        })];
+        // A Service's ClusterIP is free again once the Service is gone.
+        if let Some(ip) = (resource.kind == "Service")
+            .then(|| service_ips::held_ip(&object))
+            .flatten()
+        {
+            success.push(TxnOp::Delete(DeleteRequest {
+                range: KeyRange::key(service_ips::allocation_key(ip)),
+                prev_kv: false,
+            }));
+        }
+        let resp = self
+            .store
+            .txn(TxnRequest {
+                compare: vec![guard],
+                success,
+                failure: vec![],
+            })
+            .await?;
+        if !resp.succeeded {
             return Err(ApiError::conflict(resource.plural, name));
-        };
+        }
+        let revision = resp.revision;
         object::set_resource_version(&mut object, revision);
         Ok(object)
     }

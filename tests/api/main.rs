@@ -8,3 +8,4 @@ mod informer;
 mod kubectl;
 mod protobuf;
 mod python_client;
+mod service_ips;
