@@ -2,9 +2,11 @@
 //! ResourceQuota counts and compute totals per namespace. Refusals are 403
 //! Forbidden with the numbers, as Kubernetes words them.
 //!
-//! Quota is checked against a fresh read of the namespace; two creates
-//! racing for the last unit of a quota can both pass (Kubernetes closes
-//! that gap by versioning the quota's status; orch does not yet).
+//! Quota is checked against a read of the namespace taken after reading
+//! the namespace's quota lock (a store key); the create's transaction
+//! requires the lock unchanged and bumps it, so of two creates racing for
+//! the last unit of a quota one fails its guard, is admitted again on what
+//! the other wrote, and is refused.
 
 use serde_json::{json, Value};
 
@@ -153,16 +155,38 @@ fn count_keys(resource: &Resource) -> Vec<String> {
     keys
 }
 
+/// The quota lock of a namespace as admission read it: a create under a
+/// quota must find it at `revision` and bump it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaLock {
+    /// The store key.
+    pub key: String,
+    /// Its mod revision when admission read it (0: never written).
+    pub revision: i64,
+}
+
+/// The store key of `namespace`'s quota lock.
+pub fn quota_lock_key(namespace: &str) -> String {
+    format!("/orch/locks/quota/{namespace}")
+}
+
 /// Admits `object` for creation in `namespace`: may change it (defaults).
+/// Returns the quota lock the create must hold when a quota applies.
 pub async fn admit_create(
     registry: &Registry,
     resource: &Resource,
     namespace: &str,
     object: &mut Value,
-) -> Result<(), ApiError> {
+) -> Result<Option<QuotaLock>, ApiError> {
     let all = ListOptions {
         serializable: true,
         ..ListOptions::default()
+    };
+    // Read before the quotas and the usage: they are at least as new.
+    let lock_key = quota_lock_key(namespace);
+    let lock = QuotaLock {
+        revision: registry.local_mod_revision(&lock_key).await?,
+        key: lock_key,
     };
     if resource.kind == "Pod" {
         let limit_ranges = resource::find("", "v1", "limitranges").expect("served");
@@ -178,7 +202,7 @@ pub async fn admit_create(
         .await?
         .items;
     if quotas.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let counted = count_keys(resource);
     let existing = registry.list(resource, Some(namespace), &all).await?.items;
@@ -240,7 +264,7 @@ pub async fn admit_create(
             }
         }
     }
-    Ok(())
+    Ok(Some(lock))
 }
 
 /// Status of a ResourceQuota as Kubernetes reports it: hard limits echoed.

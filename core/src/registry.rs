@@ -11,6 +11,7 @@ use orch_raft_store::{
 };
 use serde_json::{json, Value};
 
+use crate::admission::QuotaLock;
 use crate::encryption::{self, SecretCipher};
 use crate::error::ApiError;
 use crate::object;
@@ -267,6 +268,11 @@ impl Registry {
     }
 
     /// Reads a key from this member's local state (serializable).
+    /// The mod revision of `key` on this member (0 if absent).
+    pub(crate) async fn local_mod_revision(&self, key: &str) -> Result<i64, ApiError> {
+        Ok(self.read_local(key).await?.map_or(0, |kv| kv.mod_revision))
+    }
+
     async fn read_local(&self, key: &str) -> Result<Option<KeyValue>, ApiError> {
         let mut req = RangeRequest::new(KeyRange::key(key));
         req.serializable = true;
@@ -307,6 +313,10 @@ impl Registry {
         }
     }
 
+    /// How often a create is admitted again when other creates under the
+    /// same quota overtake it.
+    const QUOTA_ATTEMPTS: usize = 32;
+
     /// Creates an object; fills server-owned metadata.
     pub async fn create(
         &self,
@@ -327,7 +337,6 @@ impl Registry {
                 .to_string();
             object["metadata"]["namespace"] = json!(ns);
             self.check_namespace(&ns).await?;
-            crate::admission::admit_create(self, resource, &ns, &mut object).await?;
             Some(ns)
         } else {
             None
@@ -339,63 +348,102 @@ impl Registry {
             object["status"] = json!({"phase": "Active"});
             object["spec"]["finalizers"] = json!(["kubernetes"]);
         }
-        let name = object::name(&object).to_string();
-        let key = resource.key(namespace.as_deref(), &name);
-        if resource.kind == "Service" && service_ips::needs_cluster_ip(&object) {
-            return self.create_service(resource, key, &name, object).await;
+        // Admission reads the namespace's quotas and usage; a create that
+        // another quota-bound create overtook is admitted again.
+        for _ in 0..Self::QUOTA_ATTEMPTS {
+            let mut candidate = object.clone();
+            let quota_lock = match &namespace {
+                Some(ns) => {
+                    crate::admission::admit_create(self, resource, ns, &mut candidate).await?
+                }
+                None => None,
+            };
+            let name = object::name(&candidate).to_string();
+            let key = resource.key(namespace.as_deref(), &name);
+            if let Some(created) = self
+                .create_once(resource, &key, &name, candidate, quota_lock.as_ref())
+                .await?
+            {
+                return Ok(created);
+            }
         }
-        let body = self.codec.encode(resource, &key, &object)?;
-        let guard = Compare::create_revision(key.clone(), CompareOp::Equal, 0);
-        let Some(revision) = self
-            .guarded(guard, TxnOp::Put(PutRequest::new(key, body)))
-            .await?
-        else {
-            return Err(ApiError::already_exists(resource.plural, &name));
-        };
-        object::set_resource_version(&mut object, revision);
-        Ok(object)
+        Err(ApiError::unavailable(format!(
+            "{} \"{}\": the namespace's quota usage kept changing; try again",
+            resource.plural,
+            object::name(&object)
+        )))
     }
 
-    /// Creates a Service with its ClusterIP, the address and the object in
-    /// one transaction (the requested address, or random ones until a free
-    /// one is found).
-    async fn create_service(
+    /// One try at writing a new object (with its ClusterIP for a Service:
+    /// the requested address, or random ones until a free one is found),
+    /// guarded by the namespace's quota lock when a quota applies. `None`:
+    /// another create under the same quota came first.
+    async fn create_once(
         &self,
         resource: &Resource,
-        key: String,
+        key: &str,
         name: &str,
         mut object: Value,
-    ) -> Result<Value, ApiError> {
-        let requested = service_ips::requested_ip(&object, name)?;
+        quota_lock: Option<&QuotaLock>,
+    ) -> Result<Option<Value>, ApiError> {
+        let needs_ip = resource.kind == "Service" && service_ips::needs_cluster_ip(&object);
+        let requested = if needs_ip {
+            service_ips::requested_ip(&object, name)?
+        } else {
+            None
+        };
         for _ in 0..64 {
-            let ip = requested.unwrap_or_else(service_ips::random_ip);
-            object["spec"]["clusterIP"] = json!(ip.to_string());
-            object["spec"]["clusterIPs"] = json!([ip.to_string()]);
-            let body = self.codec.encode(resource, &key, &object)?;
-            let ip_key = service_ips::allocation_key(ip);
+            let mut compare = vec![Compare::create_revision(key, CompareOp::Equal, 0)];
+            let mut success = Vec::new();
+            let ip = needs_ip.then(|| requested.unwrap_or_else(service_ips::random_ip));
+            if let Some(ip) = ip {
+                object["spec"]["clusterIP"] = json!(ip.to_string());
+                object["spec"]["clusterIPs"] = json!([ip.to_string()]);
+                let ip_key = service_ips::allocation_key(ip);
+                compare.push(Compare::create_revision(
+                    ip_key.clone(),
+                    CompareOp::Equal,
+                    0,
+                ));
+                success.push(TxnOp::Put(PutRequest::new(ip_key, key.as_bytes().to_vec())));
+            }
+            if let Some(lock) = quota_lock {
+                compare.push(Compare::mod_revision(
+                    lock.key.clone(),
+                    CompareOp::Equal,
+                    lock.revision,
+                ));
+                success.push(TxnOp::Put(PutRequest::new(lock.key.clone(), Vec::new())));
+            }
+            let body = self.codec.encode(resource, key, &object)?;
+            success.push(TxnOp::Put(PutRequest::new(key, body)));
             let resp = self
                 .store
                 .txn(TxnRequest {
-                    compare: vec![
-                        Compare::create_revision(key.clone(), CompareOp::Equal, 0),
-                        Compare::create_revision(ip_key.clone(), CompareOp::Equal, 0),
-                    ],
-                    success: vec![
-                        TxnOp::Put(PutRequest::new(key.clone(), body)),
-                        TxnOp::Put(PutRequest::new(ip_key, key.clone().into_bytes())),
-                    ],
+                    compare,
+                    success,
                     failure: vec![],
                 })
                 .await?;
             if resp.succeeded {
                 object::set_resource_version(&mut object, resp.revision);
-                return Ok(object);
+                return Ok(Some(object));
             }
-            if self.read(&key).await?.is_some() {
+            if self.read(key).await?.is_some() {
                 return Err(ApiError::already_exists(resource.plural, name));
             }
-            if requested.is_some() {
-                return Err(service_ips::already_allocated(name, ip));
+            if let Some(lock) = quota_lock {
+                let now = self.read(&lock.key).await?.map_or(0, |kv| kv.mod_revision);
+                if now != lock.revision {
+                    return Ok(None);
+                }
+            }
+            match ip {
+                Some(ip) if requested.is_some() => {
+                    return Err(service_ips::already_allocated(name, ip))
+                }
+                Some(_) => continue,
+                None => return Err(ApiError::internal("a create transaction failed its guard")),
             }
         }
         Err(ApiError::internal(

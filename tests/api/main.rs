@@ -8,4 +8,5 @@ mod informer;
 mod kubectl;
 mod protobuf;
 mod python_client;
+mod quota_race;
 mod service_ips;
