@@ -1,7 +1,7 @@
 //! What orch's benchmarks share: starting a cluster of store members in
 //! this process, the way every in-process benchmark measures orch.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use orch_core::{control_plane, Registry};
 use orch_raft_store::{NodeConfig, StoreNode};
@@ -70,4 +70,42 @@ pub async fn request(
 /// Quantile `q` of a histogram of microseconds, in milliseconds.
 pub fn quantile_ms(h: &hdrhistogram::Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
+}
+
+/// The `orchd` binary: `given`, else the one next to this executable,
+/// built with the same profile if it is missing.
+pub fn orchd_binary(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(path) = given {
+        return Ok(path);
+    }
+    let me =
+        std::env::current_exe().map_err(|e| anyhow::anyhow!("locating this executable: {e}"))?;
+    let orchd = me.with_file_name("orchd");
+    if orchd.exists() {
+        return Ok(orchd);
+    }
+    let how = if cfg!(debug_assertions) {
+        "cargo build -p orchd"
+    } else {
+        "cargo build --release -p orchd"
+    };
+    eprintln!("{} is missing; running `{how}`", orchd.display());
+    let mut build =
+        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    build
+        .args(["build", "-p", "orchd"])
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."));
+    if !cfg!(debug_assertions) {
+        build.arg("--release");
+    }
+    if let Some(target) = orchd.parent().and_then(Path::parent) {
+        build.arg("--target-dir").arg(target);
+    }
+    match build.status() {
+        Ok(status) if status.success() && orchd.exists() => Ok(orchd),
+        _ => anyhow::bail!(
+            "no orchd at {}: build it with `{how}` (or give --orchd)",
+            orchd.display()
+        ),
+    }
 }

@@ -95,42 +95,6 @@ struct Args {
     orchd: Option<PathBuf>,
 }
 
-/// The `orchd` binary: `given`, else the one next to this executable,
-/// built with the same profile if it is missing.
-fn orchd_binary(given: Option<PathBuf>) -> Result<PathBuf> {
-    if let Some(path) = given {
-        return Ok(path);
-    }
-    let me = std::env::current_exe().context("locating this executable")?;
-    let orchd = me.with_file_name("orchd");
-    if orchd.exists() {
-        return Ok(orchd);
-    }
-    let how = if cfg!(debug_assertions) {
-        "cargo build -p orchd"
-    } else {
-        "cargo build --release -p orchd"
-    };
-    eprintln!("{} is missing; running `{how}`", orchd.display());
-    let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    build
-        .args(["build", "-p", "orchd"])
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."));
-    if !cfg!(debug_assertions) {
-        build.arg("--release");
-    }
-    if let Some(target) = orchd.parent().and_then(Path::parent) {
-        build.arg("--target-dir").arg(target);
-    }
-    match build.status() {
-        Ok(status) if status.success() && orchd.exists() => Ok(orchd),
-        _ => bail!(
-            "no orchd at {}: build it with `{how}` (or give --orchd)",
-            orchd.display()
-        ),
-    }
-}
-
 /// What `orchd status` says of the store's members.
 #[derive(Debug, Default)]
 struct Status {
@@ -595,7 +559,7 @@ async fn main() -> Result<()> {
     if args.writers == 0 || args.rounds == 0 {
         bail!("--writers and --rounds must be at least 1");
     }
-    let orchd = orchd_binary(args.orchd.clone())?;
+    let orchd = orch_benches::orchd_binary(args.orchd.clone())?;
     let profile = if cfg!(debug_assertions) {
         "debug build (figures not representative)"
     } else {

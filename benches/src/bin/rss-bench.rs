@@ -59,42 +59,6 @@ struct Args {
     orchd: Option<PathBuf>,
 }
 
-/// The `orchd` binary: `given`, else the one next to this executable,
-/// built with the same profile if it is missing.
-fn orchd_binary(given: Option<PathBuf>) -> Result<PathBuf> {
-    if let Some(path) = given {
-        return Ok(path);
-    }
-    let me = std::env::current_exe().context("locating this executable")?;
-    let orchd = me.with_file_name("orchd");
-    if orchd.exists() {
-        return Ok(orchd);
-    }
-    let how = if cfg!(debug_assertions) {
-        "cargo build -p orchd"
-    } else {
-        "cargo build --release -p orchd"
-    };
-    eprintln!("{} is missing; running `{how}`", orchd.display());
-    let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    build
-        .args(["build", "-p", "orchd"])
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."));
-    if !cfg!(debug_assertions) {
-        build.arg("--release");
-    }
-    if let Some(target) = orchd.parent().and_then(Path::parent) {
-        build.arg("--target-dir").arg(target);
-    }
-    match build.status() {
-        Ok(status) if status.success() && orchd.exists() => Ok(orchd),
-        _ => bail!(
-            "no orchd at {}: build it with `{how}` (or give --orchd)",
-            orchd.display()
-        ),
-    }
-}
-
 /// The parent pid of `pid`, from /proc/PID/stat.
 fn parent_of(pid: u32) -> Option<u32> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -424,7 +388,7 @@ async fn run_pods(client: &orch_core::Client, count: usize) -> Result<Duration> 
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let orchd = orchd_binary(args.orchd.clone())?;
+    let orchd = orch_benches::orchd_binary(args.orchd.clone())?;
     if !nix::unistd::geteuid().is_root() {
         bail!("rss-bench needs root: the agents set up cgroups and mounts");
     }
