@@ -53,20 +53,7 @@ impl Rig {
 
     /// Waits until node n1 is Ready.
     pub async fn wait_node_ready(&self) {
-        wait_until("node n1 Ready", Duration::from_secs(30), || async {
-            let out = self
-                .api
-                .kubectl(&[
-                    "get",
-                    "node",
-                    "n1",
-                    "-o",
-                    "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
-                ])
-                .await;
-            (out.stdout.trim() == "True").then_some(())
-        })
-        .await;
+        self.api.wait_node_ready("n1").await;
     }
 
     /// `kubectl apply -f` of a manifest.

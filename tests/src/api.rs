@@ -163,6 +163,27 @@ impl TestApi {
         kubectl_ok(&self.kubeconfig, &self.dir.path().join("kube-cache"), args).await
     }
 
+    /// Waits until Node `node` reports Ready, as `kubectl get node` shows it.
+    pub async fn wait_node_ready(&self, node: &str) {
+        crate::wait_until(
+            &format!("node {node} Ready"),
+            std::time::Duration::from_secs(30),
+            || async {
+                let out = self
+                    .kubectl(&[
+                        "get",
+                        "node",
+                        node,
+                        "-o",
+                        "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+                    ])
+                    .await;
+                (out.stdout.trim() == "True").then_some(())
+            },
+        )
+        .await;
+    }
+
     /// `kubectl get KIND NAME -n NAMESPACE -o jsonpath=PATH`.
     pub async fn jsonpath(&self, kind: &str, name: &str, namespace: &str, path: &str) -> String {
         let path = format!("jsonpath={path}");
