@@ -250,6 +250,9 @@ pub fn prepare_update(resource: &Resource, old: &Value, new: &mut Value) {
             }
         }
     }
+    if resource.kind == "Service" {
+        crate::node_ports::carry_over(old, new);
+    }
     crate::defaults::apply(resource, new);
     let generation = old["metadata"]["generation"].as_i64().unwrap_or(1);
     let spec_changed = old.get("spec") != new.get("spec") || old.get("data") != new.get("data");

@@ -14,10 +14,25 @@ use serde_json::{json, Value};
 use crate::admission::QuotaLock;
 use crate::encryption::{self, SecretCipher};
 use crate::error::ApiError;
+use crate::node_ports;
 use crate::object;
 use crate::resource::{self, Resource};
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::service_ips;
+
+/// The allocation keys a Service holds: its ClusterIP's and its node
+/// ports'.
+fn service_allocations(service: &Value) -> Vec<String> {
+    service_ips::held_ip(service)
+        .map(service_ips::allocation_key)
+        .into_iter()
+        .chain(
+            node_ports::held(service)
+                .into_iter()
+                .map(node_ports::allocation_key),
+        )
+        .collect()
+}
 
 /// How a list or watch is narrowed.
 #[derive(Debug, Clone, Default)]
@@ -374,10 +389,10 @@ impl Registry {
         )))
     }
 
-    /// One try at writing a new object (with its ClusterIP for a Service:
-    /// the requested address, or random ones until a free one is found),
-    /// guarded by the namespace's quota lock when a quota applies. `None`:
-    /// another create under the same quota came first.
+    /// One try at writing a new object (for a Service, with its ClusterIP
+    /// and node ports: the requested ones, or random ones until free ones
+    /// are found), guarded by the namespace's quota lock when a quota
+    /// applies. `None`: another create under the same quota came first.
     async fn create_once(
         &self,
         resource: &Resource,
@@ -386,26 +401,37 @@ impl Registry {
         mut object: Value,
         quota_lock: Option<&QuotaLock>,
     ) -> Result<Option<Value>, ApiError> {
-        let needs_ip = resource.kind == "Service" && service_ips::needs_cluster_ip(&object);
+        let is_service = resource.kind == "Service";
+        let needs_ip = is_service && service_ips::needs_cluster_ip(&object);
         let requested = if needs_ip {
             service_ips::requested_ip(&object, name)?
         } else {
             None
         };
+        let requested_ports = node_ports::held(&object);
+        let template = object.clone();
         for _ in 0..64 {
+            object = template.clone();
             let mut compare = vec![Compare::create_revision(key, CompareOp::Equal, 0)];
             let mut success = Vec::new();
             let ip = needs_ip.then(|| requested.unwrap_or_else(service_ips::random_ip));
             if let Some(ip) = ip {
                 object["spec"]["clusterIP"] = json!(ip.to_string());
                 object["spec"]["clusterIPs"] = json!([ip.to_string()]);
-                let ip_key = service_ips::allocation_key(ip);
-                compare.push(Compare::create_revision(
-                    ip_key.clone(),
-                    CompareOp::Equal,
-                    0,
-                ));
-                success.push(TxnOp::Put(PutRequest::new(ip_key, key.as_bytes().to_vec())));
+            }
+            if is_service {
+                node_ports::fill_missing(&mut object);
+                for allocation in service_allocations(&object) {
+                    compare.push(Compare::create_revision(
+                        allocation.clone(),
+                        CompareOp::Equal,
+                        0,
+                    ));
+                    success.push(TxnOp::Put(PutRequest::new(
+                        allocation,
+                        key.as_bytes().to_vec(),
+                    )));
+                }
             }
             if let Some(lock) = quota_lock {
                 compare.push(Compare::mod_revision(
@@ -438,17 +464,43 @@ impl Registry {
                     return Ok(None);
                 }
             }
-            match ip {
-                Some(ip) if requested.is_some() => {
-                    return Err(service_ips::already_allocated(name, ip))
-                }
-                Some(_) => continue,
-                None => return Err(ApiError::internal("a create transaction failed its guard")),
+            if !is_service {
+                return Err(ApiError::internal("a create transaction failed its guard"));
             }
+            self.check_requested_allocations(&object, name, requested, &requested_ports, None)
+                .await?;
         }
         Err(ApiError::internal(
-            "no free ClusterIP found in the service range",
+            "no free ClusterIP or node port found after 64 tries",
         ))
+    }
+
+    /// After a Service's write failed its allocation guards: a 422 if an
+    /// address or node port the client asked for is taken (by a Service
+    /// other than the one at `own_key`), else `Ok` (a random pick collided:
+    /// try again).
+    async fn check_requested_allocations(
+        &self,
+        service: &Value,
+        name: &str,
+        ip: Option<std::net::Ipv4Addr>,
+        ports: &std::collections::BTreeSet<u16>,
+        own_key: Option<&str>,
+    ) -> Result<(), ApiError> {
+        let taken = |kv: Option<KeyValue>| {
+            kv.is_some_and(|kv| own_key.is_none_or(|own| kv.value != own.as_bytes()))
+        };
+        if let Some(ip) = ip {
+            if taken(self.read(&service_ips::allocation_key(ip)).await?) {
+                return Err(service_ips::already_allocated(name, ip));
+            }
+        }
+        for port in ports {
+            if taken(self.read(&node_ports::allocation_key(*port)).await?) {
+                return Err(node_ports::already_allocated(service, name, *port));
+            }
+        }
+        Ok(())
     }
 
     /// Reads one object.
@@ -583,6 +635,11 @@ impl Registry {
         if let Some(m) = object["metadata"].as_object_mut() {
             m.remove("resourceVersion");
         }
+        if resource.kind == "Service" {
+            return self
+                .write_service(resource, key, name, expected, object)
+                .await;
+        }
         let body = self.codec.encode(resource, key, &object)?;
         let guard = Compare::mod_revision(key, CompareOp::Equal, expected);
         let Some(revision) = self
@@ -593,6 +650,76 @@ impl Registry {
         };
         object::set_resource_version(&mut object, revision);
         Ok(object)
+    }
+
+    /// Writes a changed Service: node ports its ports newly need are
+    /// allocated (the requested ones, or random free ones) and those it no
+    /// longer holds are freed, in the same transaction as the write.
+    async fn write_service(
+        &self,
+        resource: &Resource,
+        key: &str,
+        name: &str,
+        expected: i64,
+        object: Value,
+    ) -> Result<Value, ApiError> {
+        let Some(current) = self.read(key).await? else {
+            return Err(ApiError::not_found(resource.plural, name));
+        };
+        if current.mod_revision != expected {
+            return Err(ApiError::conflict(resource.plural, name));
+        }
+        let before: std::collections::BTreeSet<String> =
+            service_allocations(&self.codec.decode(&current)?)
+                .into_iter()
+                .collect();
+        let requested: std::collections::BTreeSet<u16> = node_ports::held(&object)
+            .into_iter()
+            .filter(|p| !before.contains(&node_ports::allocation_key(*p)))
+            .collect();
+        for _ in 0..64 {
+            let mut candidate = object.clone();
+            node_ports::fill_missing(&mut candidate);
+            let after: std::collections::BTreeSet<String> =
+                service_allocations(&candidate).into_iter().collect();
+            let mut compare = vec![Compare::mod_revision(key, CompareOp::Equal, expected)];
+            let mut success = Vec::new();
+            for added in after.difference(&before) {
+                compare.push(Compare::create_revision(added.clone(), CompareOp::Equal, 0));
+                success.push(TxnOp::Put(PutRequest::new(
+                    added.clone(),
+                    key.as_bytes().to_vec(),
+                )));
+            }
+            for freed in before.difference(&after) {
+                success.push(TxnOp::Delete(DeleteRequest {
+                    range: KeyRange::key(freed.clone()),
+                    prev_kv: false,
+                }));
+            }
+            success.push(TxnOp::Put(PutRequest::new(
+                key,
+                self.codec.encode(resource, key, &candidate)?,
+            )));
+            let resp = self
+                .store
+                .txn(TxnRequest {
+                    compare,
+                    success,
+                    failure: vec![],
+                })
+                .await?;
+            if resp.succeeded {
+                object::set_resource_version(&mut candidate, resp.revision);
+                return Ok(candidate);
+            }
+            if self.read(key).await?.map(|kv| kv.mod_revision) != Some(expected) {
+                return Err(ApiError::conflict(resource.plural, name));
+            }
+            self.check_requested_allocations(&candidate, name, None, &requested, Some(key))
+                .await?;
+        }
+        Err(ApiError::internal("no free node port found after 64 tries"))
     }
 
     /// Deletes an object, as Kubernetes does:
@@ -725,15 +852,15 @@ impl Registry {
             range: KeyRange::key(key),
             prev_kv: false,
         })];
-        // A Service's ClusterIP is free again once the Service is gone.
-        if let Some(ip) = (resource.kind == "Service")
-            .then(|| service_ips::held_ip(&object))
-            .flatten()
-        {
-            success.push(TxnOp::Delete(DeleteRequest {
-                range: KeyRange::key(service_ips::allocation_key(ip)),
-                prev_kv: false,
-            }));
+        // A Service's ClusterIP and node ports are free again once the
+        // Service is gone.
+        if resource.kind == "Service" {
+            for allocation in service_allocations(&object) {
+                success.push(TxnOp::Delete(DeleteRequest {
+                    range: KeyRange::key(allocation),
+                    prev_kv: false,
+                }));
+            }
         }
         let resp = self
             .store
