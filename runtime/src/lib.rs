@@ -4,6 +4,8 @@
 //! them from the API ([`agent`]).
 
 pub mod agent;
+pub mod dns;
 pub mod image;
+pub mod ingress;
 pub mod net;
 pub mod pod;

@@ -14,7 +14,7 @@ use nix::sched::CloneFlags;
 use orch_runtime::net::masquerade::{self, Masquerade};
 use orch_runtime::net::routes::{self, PeerRoutes, RouteSet};
 use orch_runtime::net::veth::{self, PodInterface};
-use orch_runtime::net::{bridge, netlink, sysctl, Cidr};
+use orch_runtime::net::{bridge, netlink, nft, sysctl, Cidr};
 use rtnetlink::{LinkMessageBuilder, LinkUnspec, LinkVeth};
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -119,7 +119,7 @@ impl Drop for TableGuard {
                 .enable_all()
                 .build()
                 .unwrap()
-                .block_on(async { masquerade::remove(&table).await })
+                .block_on(async { nft::remove_table(&table).await })
         })
         .join()
         .unwrap()
@@ -320,7 +320,7 @@ async fn traffic_leaving_the_cluster_is_masqueraded() {
     };
     rules.apply().await.unwrap();
     rules.apply().await.expect("applying again is fine");
-    let listing = masquerade::list(&table)
+    let listing = nft::list_table(&table)
         .await
         .unwrap()
         .expect("table exists");
@@ -335,9 +335,9 @@ async fn traffic_leaving_the_cluster_is_masqueraded() {
         "the pod's traffic leaves with the host's address"
     );
 
-    masquerade::remove(&table).await.unwrap();
-    assert!(masquerade::list(&table).await.unwrap().is_none());
-    masquerade::remove(&table)
+    nft::remove_table(&table).await.unwrap();
+    assert!(nft::list_table(&table).await.unwrap().is_none());
+    nft::remove_table(&table)
         .await
         .expect("removing a missing table is fine");
 }

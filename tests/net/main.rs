@@ -9,6 +9,8 @@
 //! Each test has a cluster CIDR, a bridge and an nftables table of its own
 //! and removes them when it ends, also when it fails.
 
+mod two_nodes;
+
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -17,7 +19,7 @@ use std::time::Duration;
 
 use nix::sched::CloneFlags;
 use orch_core::controller::LoopSettings;
-use orch_runtime::net::{masquerade, netlink, routes, veth, Cidr};
+use orch_runtime::net::{masquerade, netlink, nft, routes, service_rules, veth, Cidr};
 use orch_tests::agent::TestNode;
 use orch_tests::api::TestApi;
 use orch_tests::wait_until;
@@ -43,13 +45,13 @@ fn block_on<T: Send + 'static>(f: impl std::future::Future<Output = T> + Send + 
 /// Removes the test's links and nftables table when dropped.
 struct NetGuard {
     links: Vec<String>,
-    table: String,
+    tables: Vec<String>,
 }
 
 impl Drop for NetGuard {
     fn drop(&mut self) {
         let links = std::mem::take(&mut self.links);
-        let table = self.table.clone();
+        let tables = self.tables.clone();
         block_on(async move {
             let host = netlink::connect().unwrap();
             for name in links {
@@ -57,8 +59,10 @@ impl Drop for NetGuard {
                     let _ = host.link().del(link.header.index).execute().await;
                 }
             }
-            if let Err(e) = masquerade::remove(&table).await {
-                eprintln!("removing table {table}: {e}");
+            for table in tables {
+                if let Err(e) = nft::remove_table(&table).await {
+                    eprintln!("removing table {table}: {e}");
+                }
             }
         });
     }
@@ -85,7 +89,10 @@ impl NetRig {
         let bridge = ifname("b");
         let guard = NetGuard {
             links: vec![bridge.clone()],
-            table: masquerade::table_name(&bridge),
+            tables: vec![
+                masquerade::table_name(&bridge),
+                service_rules::table_name(&bridge),
+            ],
         };
         let cluster_cidr = cluster_cidr.to_string();
         let api = TestApi::start_with(move |c| {
@@ -343,7 +350,7 @@ async fn pods_get_addresses_reach_each_other_and_keep_them_across_restarts() {
     // The masquerade table names the node's pod CIDR.
     let table = block_on({
         let t = masquerade::table_name(&rig.bridge);
-        async move { masquerade::list(&t).await }
+        async move { nft::list_table(&t).await }
     })
     .unwrap()
     .expect("the agent made its masquerade table");

@@ -72,6 +72,7 @@ pub struct TestNode {
     /// The cgroup parent of its pods (unique per test node).
     pub cgroup_parent: String,
     server: String,
+    netns: Option<String>,
     extra_args: Vec<String>,
     child: Option<Child>,
 }
@@ -81,6 +82,27 @@ impl TestNode {
     /// back-off (Kubernetes' 10 s would make crash tests slow) and
     /// `extra_args`.
     pub fn start(api: &TestApi, name: &str, extra_args: &[&str]) -> TestNode {
+        Self::start_at(api.addr.clone(), None, name, extra_args)
+    }
+
+    /// Starts an agent as [`TestNode::start`] does, but inside network
+    /// namespace `netns` (`ip netns` name; only the network namespace
+    /// changes, through `nsenter --net`), reaching the API at `server`.
+    pub fn start_in_netns(server: &str, netns: &str, name: &str, extra_args: &[&str]) -> TestNode {
+        Self::start_at(
+            server.to_string(),
+            Some(netns.to_string()),
+            name,
+            extra_args,
+        )
+    }
+
+    fn start_at(
+        server: String,
+        netns: Option<String>,
+        name: &str,
+        extra_args: &[&str],
+    ) -> TestNode {
         let dir = tempfile::tempdir().expect("temp dir");
         let images = ImageStore::open(dir.path().join("images")).expect("image store");
         images
@@ -96,7 +118,8 @@ impl TestNode {
                 NEXT_NODE.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             ),
             dir,
-            server: api.addr.clone(),
+            server,
+            netns,
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
             child: None,
         };
@@ -124,7 +147,15 @@ impl TestNode {
             .append(true)
             .open(self.dir.path().join("agent.log"))
             .expect("agent log");
-        let child = Command::new(agent_binary())
+        let mut command = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}")).arg(agent_binary());
+                c
+            }
+            None => Command::new(agent_binary()),
+        };
+        let child = command
             .args(["--server", &self.server, "--node-name", &self.name])
             .arg("--data-dir")
             .arg(self.dir.path())

@@ -84,15 +84,19 @@ pub struct Args {
     /// once the Node has a podCIDR.
     #[arg(long, value_enum, default_value_t = PodNetworkMode::Auto)]
     pub pod_network: PodNetworkMode,
-    /// The node's bridge (at most 15 bytes); its masquerade table is the
-    /// nftables table `ip <NAME>-nat`. Agents sharing a host need names of
-    /// their own.
+    /// The node's bridge (at most 15 bytes); its masquerade and service
+    /// tables are the nftables tables `ip <NAME>-nat` and `ip <NAME>-svc`.
+    /// Agents sharing a host need names of their own.
     #[arg(long, default_value = "orch0")]
     pub bridge_name: String,
     /// Destinations whose traffic from pods is not masqueraded (default:
     /// every Node's podCIDR).
     #[arg(long, value_parser = parse_cidr)]
     pub cluster_cidr: Option<Cidr>,
+    /// Do not run the service proxy (the nftables rules behind ClusterIPs
+    /// and NodePorts); it runs with any pod network but `none`.
+    #[arg(long)]
+    pub no_service_proxy: bool,
 }
 
 fn parse_cidr(s: &str) -> Result<Cidr, String> {
@@ -167,6 +171,7 @@ impl Args {
         config.network.mode = self.pod_network;
         config.network.bridge = self.bridge_name.clone();
         config.network.cluster_cidr = self.cluster_cidr;
+        config.network.service_proxy = !self.no_service_proxy;
         config
     }
 }

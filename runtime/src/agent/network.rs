@@ -62,6 +62,9 @@ pub struct NetworkConfig {
     /// How often the bridge, the routes and the masquerade table are
     /// applied again even if no Node changed (repairs what others removed).
     pub resync: Duration,
+    /// Whether the node runs the service proxy (ClusterIP and NodePort
+    /// rules); only with a pod network.
+    pub service_proxy: bool,
 }
 
 impl NetworkConfig {
@@ -74,6 +77,7 @@ impl NetworkConfig {
             cluster_cidr: None,
             cidr_wait: Duration::from_secs(10),
             resync: Duration::from_secs(30),
+            service_proxy: true,
         }
     }
 }
@@ -95,6 +99,9 @@ pub struct PodNetwork {
     ready: watch::Sender<Option<Ready>>,
     /// Why the bridge is not ready, for pods that wait for it.
     last_error: Mutex<Option<String>>,
+    /// The cluster's pod ranges (the configured cluster CIDR, or every
+    /// Node's pod CIDR), as the last pass over the Nodes found them.
+    cluster: watch::Sender<Vec<Cidr>>,
     /// Pods whose interface was checked or made by this agent, and their
     /// addresses.
     attached: Mutex<HashMap<String, Ipv4Addr>>,
@@ -122,6 +129,7 @@ impl PodNetwork {
             host,
             ready: watch::channel(None).0,
             last_error: Mutex::new(None),
+            cluster: watch::channel(Vec::new()).0,
             attached: Mutex::new(HashMap::new()),
             wake: Notify::new(),
         })
@@ -130,6 +138,17 @@ impl PodNetwork {
     /// The configuration.
     pub fn config(&self) -> &NetworkConfig {
         &self.config
+    }
+
+    /// Follows the cluster's pod ranges.
+    pub fn cluster_cidrs(&self) -> watch::Receiver<Vec<Cidr>> {
+        self.cluster.subscribe()
+    }
+
+    /// The address pods reach their node at (the bridge's, the gateway of
+    /// the node's pod CIDR), once the bridge is up.
+    pub fn gateway(&self) -> Option<Ipv4Addr> {
+        self.ready.borrow().map(|r| cidr::gateway(&r.cidr))
     }
 
     fn attached(&self) -> std::sync::MutexGuard<'_, HashMap<String, Ipv4Addr>> {
@@ -347,6 +366,15 @@ impl PodNetwork {
             }
             Err(e) => tracing::warn!(error = %e, "syncing peer routes"),
         }
+        let mut ranges = cluster.clone();
+        ranges.push(own);
+        ranges.sort();
+        ranges.dedup();
+        self.cluster.send_if_modified(|c| {
+            let changed = *c != ranges;
+            *c = ranges;
+            changed
+        });
         let rules = Masquerade {
             table: masquerade::table_name(&self.config.bridge),
             pod_cidr: own,

@@ -22,12 +22,13 @@ use std::borrow::Cow;
 
 use nftables::batch::Batch;
 use nftables::expr::{Expression, NamedExpression, Payload, PayloadField, Prefix, SetItem};
-use nftables::helper::{self, NftablesError};
+use nftables::helper;
 use nftables::schema::{Chain, NfListObject, Nftables, Rule, Table};
 use nftables::stmt::{Match, Operator, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 
 use super::cidr::{self, Cidr};
+use super::nft::nft_error;
 use super::NetError;
 
 /// The chain of the table.
@@ -143,44 +144,6 @@ fn prefix(c: &Cidr) -> Expression<'static> {
         addr: Box::new(Expression::String(Cow::Owned(cidr::network(c).to_string()))),
         len: u32::from(c.prefix),
     }))
-}
-
-fn nft_error(context: String, source: NftablesError) -> NetError {
-    let context = match &source {
-        NftablesError::NftFailed { stderr, .. } if !stderr.trim().is_empty() => {
-            format!("{context} ({})", stderr.trim())
-        }
-        _ => context,
-    };
-    NetError::Nft { context, source }
-}
-
-/// Deletes table `ip <table>` (nothing happens if there is none).
-pub async fn remove(table: &str) -> Result<(), NetError> {
-    let t = || {
-        NfListObject::Table(Table {
-            family: NfFamily::IP,
-            name: Cow::Owned(table.to_string()),
-            handle: None,
-        })
-    };
-    let mut batch = Batch::new();
-    batch.add(t());
-    batch.delete(t());
-    helper::apply_ruleset_async(&batch.to_nftables())
-        .await
-        .map_err(|source| nft_error(format!("deleting table ip {table}"), source))
-}
-
-/// The kernel's listing of table `ip <table>` as nft's JSON, or `None`
-/// if `nft` could not list it (there is no such table).
-pub async fn list(table: &str) -> Result<Option<String>, NetError> {
-    let args = ["list", "table", "ip", table];
-    match helper::get_current_ruleset_raw_async(helper::DEFAULT_NFT, args).await {
-        Ok(json) => Ok(Some(json)),
-        Err(NftablesError::NftFailed { .. }) => Ok(None),
-        Err(source) => Err(nft_error(format!("listing table ip {table}"), source)),
-    }
 }
 
 #[cfg(test)]

@@ -23,7 +23,9 @@ mod error;
 pub mod ipam;
 pub mod masquerade;
 pub mod netlink;
+pub mod nft;
 pub mod routes;
+pub mod service_rules;
 pub mod sysctl;
 pub mod veth;
 

@@ -1,0 +1,325 @@
+//! The agent's service proxy (orch's kube-proxy, nftables mode): turns
+//! the cluster's Services and EndpointSlices into the rules of
+//! [`crate::net::service_rules`] and keeps them in step.
+//!
+//! A change of a Service or an EndpointSlice wakes the loop; it waits a
+//! moment for more changes to gather ([`ProxyConfig::gather`]), computes
+//! the rules the caches describe, and applies only their difference from
+//! what it applied last, in one `nft` transaction. On start the table is
+//! rebuilt whole; every [`ProxyConfig::resync`] the loop checks that the
+//! table is still there (rebuilding it if someone deleted it); when the
+//! agent stops, the table is removed.
+//!
+//! Endpoints: those of the Service's EndpointSlices (label
+//! `kubernetes.io/service-name`) whose `ready` condition is not false; if
+//! none is, those still serving while terminating (as kube-proxy does, so
+//! a Service whose last pods are shutting down keeps answering). A Service
+//! port's endpoint port is the slice port of the same name and protocol.
+
+use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use orch_core::controller::endpoints::SERVICE_NAME_LABEL;
+use orch_core::controller::Cache;
+use tokio::sync::{watch, Notify};
+use tokio_util::sync::CancellationToken;
+
+use crate::net::nft;
+use crate::net::service_rules::{Protocol, ProxyRules, ServicePort};
+use crate::net::Cidr;
+
+/// How the proxy runs.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// The nftables table (`ip <name>`).
+    pub table: String,
+    /// How long a change waits for others before the rules are updated.
+    pub gather: Duration,
+    /// How often the table's presence is checked.
+    pub resync: Duration,
+}
+
+impl ProxyConfig {
+    /// The proxy of the agent whose bridge is `bridge`.
+    pub fn new(bridge: &str) -> Self {
+        ProxyConfig {
+            table: crate::net::service_rules::table_name(bridge),
+            gather: Duration::from_millis(5),
+            resync: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The Services and EndpointSlices of the cluster, as the agent's
+/// informers cache them, and the signal that one changed.
+#[derive(Clone)]
+pub struct ServiceCaches {
+    /// Every Service.
+    pub services: Cache<Service>,
+    /// Every EndpointSlice.
+    pub slices: Cache<EndpointSlice>,
+    /// Notified on every change of either.
+    pub changed: Arc<Notify>,
+}
+
+impl ServiceCaches {
+    /// The EndpointSlices of Service `namespace/name`.
+    pub fn slices_of(&self, namespace: &str, name: &str) -> Vec<Arc<EndpointSlice>> {
+        self.slices
+            .by_index(BY_SERVICE, &format!("{namespace}/{name}"))
+    }
+}
+
+/// The index of the slice cache by Service (`namespace/name`).
+pub const BY_SERVICE: &str = "service";
+
+/// The `namespace/name` of the Service an EndpointSlice belongs to.
+pub fn slice_service(slice: &EndpointSlice) -> Vec<String> {
+    let ns = slice.metadata.namespace.as_deref().unwrap_or("default");
+    slice
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(SERVICE_NAME_LABEL))
+        .map(|svc| vec![format!("{ns}/{svc}")])
+        .unwrap_or_default()
+}
+
+/// The rules' Service ports for one Service and its slices. Headless and
+/// ExternalName Services have none.
+pub fn service_ports(service: &Service, slices: &[Arc<EndpointSlice>]) -> Vec<ServicePort> {
+    let Some(spec) = &service.spec else {
+        return vec![];
+    };
+    let cluster_ip = spec
+        .cluster_ip
+        .as_deref()
+        .and_then(|ip| ip.parse::<Ipv4Addr>().ok());
+    if cluster_ip.is_none() || spec.type_.as_deref() == Some("ExternalName") {
+        return vec![];
+    }
+    let namespace = service.metadata.namespace.as_deref().unwrap_or("default");
+    let name = service.metadata.name.as_deref().unwrap_or_default();
+    let affinity_timeout = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+        spec.session_affinity_config
+            .as_ref()
+            .and_then(|c| c.client_ip.as_ref())
+            .and_then(|c| c.timeout_seconds)
+            .and_then(|t| u32::try_from(t).ok())
+            .unwrap_or(10_800)
+    });
+    let mut out = Vec::new();
+    for port in spec.ports.iter().flatten() {
+        let Some(protocol) = Protocol::parse(port.protocol.as_deref().unwrap_or("TCP")) else {
+            continue;
+        };
+        let Ok(number) = u16::try_from(port.port) else {
+            continue;
+        };
+        let port_name = port.name.clone().unwrap_or_default();
+        let label = if port_name.is_empty() {
+            number.to_string()
+        } else {
+            port_name.clone()
+        };
+        out.push(ServicePort {
+            id: format!("{namespace}/{name}/{}/{label}", protocol.nft()),
+            cluster_ip,
+            protocol,
+            port: number,
+            node_port: port.node_port.and_then(|p| u16::try_from(p).ok()),
+            affinity_timeout,
+            endpoints: endpoints_of(slices, &port_name, protocol),
+        });
+    }
+    out
+}
+
+/// The endpoints of a Service port (named `port_name`, `""` for an
+/// unnamed one) in its slices: the ready ones, else the serving
+/// terminating ones.
+fn endpoints_of(
+    slices: &[Arc<EndpointSlice>],
+    port_name: &str,
+    protocol: Protocol,
+) -> Vec<SocketAddrV4> {
+    let mut ready = BTreeSet::new();
+    let mut terminating = BTreeSet::new();
+    for slice in slices {
+        if slice.address_type != "IPv4" {
+            continue;
+        }
+        let Some(target) = slice.ports.iter().flatten().find_map(|p| {
+            let same_name = p.name.as_deref().unwrap_or("") == port_name;
+            let same_protocol =
+                Protocol::parse(p.protocol.as_deref().unwrap_or("TCP")) == Some(protocol);
+            (same_name && same_protocol)
+                .then_some(p.port)
+                .flatten()
+                .and_then(|p| u16::try_from(p).ok())
+        }) else {
+            continue;
+        };
+        for endpoint in &slice.endpoints {
+            let conditions = endpoint.conditions.as_ref();
+            let is_ready = conditions.and_then(|c| c.ready).unwrap_or(true);
+            let serving = conditions.and_then(|c| c.serving).unwrap_or(is_ready);
+            let is_terminating = conditions.and_then(|c| c.terminating).unwrap_or(false);
+            for address in &endpoint.addresses {
+                let Ok(ip) = address.parse::<Ipv4Addr>() else {
+                    continue;
+                };
+                let at = SocketAddrV4::new(ip, target);
+                if is_ready {
+                    ready.insert(at);
+                } else if serving && is_terminating {
+                    terminating.insert(at);
+                }
+            }
+        }
+    }
+    let chosen = if ready.is_empty() { terminating } else { ready };
+    chosen.into_iter().collect()
+}
+
+/// What the caches describe now.
+pub fn desired(caches: &ServiceCaches, table: &str, cluster: Vec<Cidr>) -> ProxyRules {
+    let mut rules = ProxyRules::new(table, cluster);
+    for service in caches.services.list() {
+        let namespace = service.metadata.namespace.as_deref().unwrap_or("default");
+        let name = service.metadata.name.as_deref().unwrap_or_default();
+        let slices = caches.slices_of(namespace, name);
+        for port in service_ports(&service, &slices) {
+            rules.services.insert(port.id.clone(), port);
+        }
+    }
+    rules
+}
+
+/// The service proxy of one agent.
+pub struct ServiceProxy {
+    config: ProxyConfig,
+    caches: ServiceCaches,
+    cluster: watch::Receiver<Vec<Cidr>>,
+    applied_revision: watch::Sender<u64>,
+}
+
+impl ServiceProxy {
+    /// A proxy over `caches`; `cluster` follows the cluster's pod CIDRs
+    /// (traffic from elsewhere to a ClusterIP is masqueraded).
+    pub fn new(
+        config: ProxyConfig,
+        caches: ServiceCaches,
+        cluster: watch::Receiver<Vec<Cidr>>,
+    ) -> Self {
+        ServiceProxy {
+            config,
+            caches,
+            cluster,
+            applied_revision: watch::channel(0).0,
+        }
+    }
+
+    /// Follows the revision of the API up to which the rules in the
+    /// kernel reflect every Service and EndpointSlice.
+    pub fn applied_revision(&self) -> watch::Receiver<u64> {
+        self.applied_revision.subscribe()
+    }
+
+    /// Keeps the rules in step until `stop`, then removes the table.
+    pub async fn run(mut self, stop: CancellationToken) {
+        let mut services = self.caches.services.clone();
+        let mut slices = self.caches.slices.clone();
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = async { services.wait_until_ready().await; slices.wait_until_ready().await } => {}
+        }
+        let mut applied: Option<ProxyRules> = None;
+        let mut tick = tokio::time::interval(self.config.resync);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            let revision = self
+                .caches
+                .services
+                .revision()
+                .max(self.caches.slices.revision());
+            let next = desired(
+                &self.caches,
+                &self.config.table,
+                self.cluster.borrow().clone(),
+            );
+            applied = self.sync(applied, next).await;
+            if applied.is_some() {
+                self.applied_revision.send_if_modified(|r| {
+                    let newer = revision > *r;
+                    *r = (*r).max(revision);
+                    newer
+                });
+            }
+            let mut check = false;
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = self.caches.changed.notified() => {}
+                _ = self.cluster.changed() => {}
+                _ = tick.tick() => check = true,
+            }
+            if check && applied.is_some() {
+                match nft::list_table(&self.config.table).await {
+                    Ok(Some(_)) => {}
+                    Ok(None) => {
+                        tracing::warn!(table = %self.config.table, "service table gone; rebuilding it");
+                        applied = None;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "listing the service table"),
+                }
+            }
+            tokio::time::sleep(self.config.gather).await;
+        }
+        if let Err(e) = nft::remove_table(&self.config.table).await {
+            tracing::warn!(error = %e, table = %self.config.table, "removing the service table");
+        }
+    }
+
+    /// Brings the kernel from `applied` (`None`: unknown, rebuild whole)
+    /// to `next`; returns what the kernel holds now (`None` if unknown).
+    async fn sync(&self, applied: Option<ProxyRules>, next: ProxyRules) -> Option<ProxyRules> {
+        let started = Instant::now();
+        let (transaction, full) = match &applied {
+            Some(before) => match before.changes(&next) {
+                Some(t) => (t, false),
+                None => return applied,
+            },
+            None => (next.full(), true),
+        };
+        let span = tracing::debug_span!("service_proxy_sync", table = %self.config.table, full, services = next.services.len());
+        let _enter = span.enter();
+        match ProxyRules::apply(&self.config.table, &transaction).await {
+            Ok(()) => {
+                tracing::debug!(
+                    elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+                    "service rules applied"
+                );
+                Some(next)
+            }
+            Err(e) if !full => {
+                tracing::warn!(error = %e, "service rules update failed; rebuilding the table");
+                match ProxyRules::apply(&self.config.table, &next.full()).await {
+                    Ok(()) => Some(next),
+                    Err(e) => {
+                        tracing::error!(error = %e, "service table not rebuilt");
+                        None
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "service table not built");
+                None
+            }
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! Where the proxy reads Ingresses, Services and EndpointSlices from: a
+//! small trait, implemented by the informer caches of a node
+//! ([`CacheSource`]) and by a plain in-memory store ([`MemorySource`], for
+//! tests and for embedding without an API).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use orch_core::controller::endpoints::SERVICE_NAME_LABEL;
+use orch_core::controller::{Cache, Informer};
+use orch_core::Client;
+use tokio_util::sync::CancellationToken;
+
+/// The objects routing reads, as they are now. Read on every request, so
+/// implementations must be cheap (in-memory).
+pub trait IngressSource: Send + Sync {
+    /// Every Ingress (of every class; the router filters).
+    fn ingresses(&self) -> Vec<Arc<Ingress>>;
+    /// The Service `namespace/name`.
+    fn service(&self, namespace: &str, name: &str) -> Option<Arc<Service>>;
+    /// The EndpointSlices of Service `namespace/service` (labelled
+    /// `kubernetes.io/service-name: service`, in `namespace`).
+    fn slices_of(&self, namespace: &str, service: &str) -> Vec<Arc<EndpointSlice>>;
+}
+
+/// The index of the EndpointSlice cache [`CacheSource`] reads: by
+/// `namespace/service`, computed by [`service_index`].
+pub const SERVICE_INDEX: &str = "ingress-service";
+
+/// The [`SERVICE_INDEX`] values of an EndpointSlice: `namespace/service`.
+pub fn service_index(slice: &EndpointSlice) -> Vec<String> {
+    slice_service_key(slice).into_iter().collect()
+}
+
+fn slice_service_key(slice: &EndpointSlice) -> Option<String> {
+    let service = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+    let namespace = slice.metadata.namespace.as_deref().unwrap_or("default");
+    Some(format!("{namespace}/{service}"))
+}
+
+/// The informer caches of Ingresses, Services and EndpointSlices of every
+/// namespace: always as current as the watches, so changes take effect on
+/// the next request.
+#[derive(Clone)]
+pub struct CacheSource {
+    ingresses: Cache<Ingress>,
+    services: Cache<Service>,
+    slices: Cache<EndpointSlice>,
+}
+
+impl CacheSource {
+    /// Reads from existing caches; that of the EndpointSlices must have the
+    /// index [`SERVICE_INDEX`] (`.index(SERVICE_INDEX, service_index)` on
+    /// its informer).
+    pub fn new(
+        ingresses: Cache<Ingress>,
+        services: Cache<Service>,
+        slices: Cache<EndpointSlice>,
+    ) -> Self {
+        CacheSource {
+            ingresses,
+            services,
+            slices,
+        }
+    }
+
+    /// Starts the three informers (stopped by `stop`) and reads from their
+    /// caches.
+    pub fn start(client: &Client, stop: &CancellationToken) -> Self {
+        let ingresses = Informer::<Ingress>::new(client.clone()).start(stop.clone(), |_| {});
+        let services = Informer::<Service>::new(client.clone()).start(stop.clone(), |_| {});
+        let slices = Informer::<EndpointSlice>::new(client.clone())
+            .index(SERVICE_INDEX, service_index)
+            .start(stop.clone(), |_| {});
+        CacheSource::new(ingresses, services, slices)
+    }
+
+    /// True once every cache was filled by its first list.
+    pub fn is_ready(&self) -> bool {
+        self.ingresses.is_ready() && self.services.is_ready() && self.slices.is_ready()
+    }
+
+    /// Waits until every cache was filled by its first list.
+    pub async fn wait_until_ready(&mut self) {
+        self.ingresses.wait_until_ready().await;
+        self.services.wait_until_ready().await;
+        self.slices.wait_until_ready().await;
+    }
+}
+
+impl IngressSource for CacheSource {
+    fn ingresses(&self) -> Vec<Arc<Ingress>> {
+        self.ingresses.list()
+    }
+
+    fn service(&self, namespace: &str, name: &str) -> Option<Arc<Service>> {
+        self.services.get(&format!("{namespace}/{name}"))
+    }
+
+    fn slices_of(&self, namespace: &str, service: &str) -> Vec<Arc<EndpointSlice>> {
+        self.slices
+            .by_index(SERVICE_INDEX, &format!("{namespace}/{service}"))
+    }
+}
+
+/// Objects kept in memory, changed by hand (tests, or routing without an
+/// API server).
+#[derive(Default)]
+pub struct MemorySource {
+    objects: RwLock<Objects>,
+}
+
+#[derive(Default)]
+struct Objects {
+    ingresses: BTreeMap<String, Arc<Ingress>>,
+    services: BTreeMap<String, Arc<Service>>,
+    slices: BTreeMap<String, Arc<EndpointSlice>>,
+}
+
+fn key(meta: &ObjectMeta) -> String {
+    format!(
+        "{}/{}",
+        meta.namespace.as_deref().unwrap_or("default"),
+        meta.name.as_deref().unwrap_or("")
+    )
+}
+
+impl MemorySource {
+    /// An empty store.
+    pub fn new() -> Self {
+        MemorySource::default()
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Objects> {
+        self.objects.write().expect("ingress source lock")
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Objects> {
+        self.objects.read().expect("ingress source lock")
+    }
+
+    /// Adds or replaces an Ingress (by namespace/name).
+    pub fn put_ingress(&self, ingress: Ingress) {
+        self.write()
+            .ingresses
+            .insert(key(&ingress.metadata), Arc::new(ingress));
+    }
+
+    /// Removes Ingress `namespace/name`; true if it was there.
+    pub fn remove_ingress(&self, namespace: &str, name: &str) -> bool {
+        self.write()
+            .ingresses
+            .remove(&format!("{namespace}/{name}"))
+            .is_some()
+    }
+
+    /// Adds or replaces a Service (by namespace/name).
+    pub fn put_service(&self, service: Service) {
+        self.write()
+            .services
+            .insert(key(&service.metadata), Arc::new(service));
+    }
+
+    /// Removes Service `namespace/name`; true if it was there.
+    pub fn remove_service(&self, namespace: &str, name: &str) -> bool {
+        self.write()
+            .services
+            .remove(&format!("{namespace}/{name}"))
+            .is_some()
+    }
+
+    /// Adds or replaces an EndpointSlice (by namespace/name).
+    pub fn put_slice(&self, slice: EndpointSlice) {
+        self.write()
+            .slices
+            .insert(key(&slice.metadata), Arc::new(slice));
+    }
+
+    /// Removes EndpointSlice `namespace/name`; true if it was there.
+    pub fn remove_slice(&self, namespace: &str, name: &str) -> bool {
+        self.write()
+            .slices
+            .remove(&format!("{namespace}/{name}"))
+            .is_some()
+    }
+}
+
+impl IngressSource for MemorySource {
+    fn ingresses(&self) -> Vec<Arc<Ingress>> {
+        self.read().ingresses.values().cloned().collect()
+    }
+
+    fn service(&self, namespace: &str, name: &str) -> Option<Arc<Service>> {
+        self.read()
+            .services
+            .get(&format!("{namespace}/{name}"))
+            .cloned()
+    }
+
+    fn slices_of(&self, namespace: &str, service: &str) -> Vec<Arc<EndpointSlice>> {
+        let wanted = format!("{namespace}/{service}");
+        self.read()
+            .slices
+            .values()
+            .filter(|s| slice_service_key(s).as_deref() == Some(wanted.as_str()))
+            .cloned()
+            .collect()
+    }
+}
