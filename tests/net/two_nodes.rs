@@ -308,6 +308,16 @@ spec:
 apiVersion: v1
 kind: Service
 metadata:
+  name: web-headless
+spec:
+  clusterIP: None
+  selector: {app: web}
+  ports:
+  - {name: http, port: 8080}
+---
+apiVersion: v1
+kind: Service
+metadata:
   name: web-np
 spec:
   type: NodePort
@@ -393,6 +403,48 @@ async fn services_balance_across_two_nodes_in_their_own_network_namespaces() {
         pods.keys().cloned().collect::<Vec<_>>(),
         "every replica answers"
     );
+
+    // Cluster DNS: the pod's resolv.conf points at its node, Service
+    // names resolve to the ClusterIP (headless ones to the pods), and
+    // requests by name are balanced as by address.
+    let resolv = cluster.in_client("cat /etc/resolv.conf").await;
+    assert!(resolv.contains("nameserver 10.252."), "{resolv}");
+    assert!(
+        resolv.contains("search default.svc.cluster.local svc.cluster.local cluster.local"),
+        "{resolv}"
+    );
+    assert!(resolv.contains("ndots:5"), "{resolv}");
+    let lookup = cluster
+        .in_client("nslookup web.default.svc.cluster.local")
+        .await;
+    assert!(lookup.contains(&cluster_ip), "{lookup}");
+    let headless = cluster
+        .in_client("nslookup web-headless.default.svc.cluster.local")
+        .await;
+    for (_, pod_ip) in pods.values() {
+        assert!(headless.contains(pod_ip.as_str()), "{pod_ip} in {headless}");
+    }
+    let missing = cluster
+        .api
+        .kubectl(&[
+            "exec",
+            "client",
+            "--",
+            "nslookup",
+            "nothing.default.svc.cluster.local",
+        ])
+        .await;
+    assert!(!missing.success, "{missing:?}");
+    let out = cluster
+        .in_client(
+            "for i in $(seq 60); do timeout 5 wget -qO- http://web/ || echo FAILED; done; \
+             timeout 5 wget -qO- http://web.default.svc.cluster.local/ || echo FAILED",
+        )
+        .await;
+    let counts = tally(&out);
+    println!("61 requests by DNS name: {counts:?}");
+    assert!(!counts.contains_key("FAILED"), "{counts:?}");
+    assert_eq!(counts.len(), 3, "{counts:?}");
 
     // NodePort from the host, on both nodes' addresses.
     for (_, _, address) in &cluster.nodes {

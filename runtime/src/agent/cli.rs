@@ -97,6 +97,10 @@ pub struct Args {
     /// and NodePorts); it runs with any pod network but `none`.
     #[arg(long)]
     pub no_service_proxy: bool,
+    /// Do not serve cluster DNS (`SERVICE.NAMESPACE.svc.cluster.local`)
+    /// on the bridge's address; pods then get the host's resolvers.
+    #[arg(long)]
+    pub no_cluster_dns: bool,
 }
 
 fn parse_cidr(s: &str) -> Result<Cidr, String> {
@@ -172,6 +176,7 @@ impl Args {
         config.network.bridge = self.bridge_name.clone();
         config.network.cluster_cidr = self.cluster_cidr;
         config.network.service_proxy = !self.no_service_proxy;
+        config.network.cluster_dns = !self.no_cluster_dns;
         config
     }
 }

@@ -20,6 +20,7 @@
 
 pub mod backoff;
 pub mod cli;
+pub mod cluster_dns;
 pub mod container;
 pub mod env;
 pub mod health;
@@ -31,6 +32,7 @@ pub mod pods;
 pub mod probe;
 pub mod server;
 pub mod service_proxy;
+pub mod services;
 pub mod status;
 pub mod usage;
 pub mod volumes;
@@ -41,8 +43,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Pod, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::core::v1::Pod;
 use orch_core::client::Selectors;
 use orch_core::controller::{runner, Backoff, Informer, Queue};
 use orch_core::{ApiError, Client};
@@ -179,24 +180,6 @@ pub enum AgentError {
     Network(#[from] crate::net::NetError),
 }
 
-/// Starts the informers of Services and EndpointSlices the node's proxy
-/// reads.
-fn service_caches(client: &Client, stop: &CancellationToken) -> service_proxy::ServiceCaches {
-    let changed = Arc::new(tokio::sync::Notify::new());
-    let wake = changed.clone();
-    let services = Informer::<Service>::new(client.clone())
-        .start(stop.clone(), move |_: &Service| wake.notify_one());
-    let wake = changed.clone();
-    let slices = Informer::<EndpointSlice>::new(client.clone())
-        .index(service_proxy::BY_SERVICE, service_proxy::slice_service)
-        .start(stop.clone(), move |_: &EndpointSlice| wake.notify_one());
-    service_proxy::ServiceCaches {
-        services,
-        slices,
-        changed,
-    }
-}
-
 /// A running agent.
 pub struct Agent {
     shared: Arc<pods::Shared>,
@@ -287,14 +270,20 @@ impl Agent {
             node_uid,
             stop.clone(),
         ));
-        if config.network.mode != network::PodNetworkMode::None && config.network.service_proxy {
-            let caches = service_caches(&client, &stop);
-            let proxy = service_proxy::ServiceProxy::new(
-                service_proxy::ProxyConfig::new(&config.network.bridge),
-                caches,
-                network.cluster_cidrs(),
-            );
-            tasks.spawn(proxy.run(stop.clone()));
+        let net = &config.network;
+        if net.mode != network::PodNetworkMode::None && (net.service_proxy || net.cluster_dns) {
+            let caches = services::ServiceCaches::start(&client, &stop);
+            if net.service_proxy {
+                let proxy = service_proxy::ServiceProxy::new(
+                    service_proxy::ProxyConfig::new(&net.bridge),
+                    caches.clone(),
+                    network.cluster_cidrs(),
+                );
+                tasks.spawn(proxy.run(stop.clone()));
+            }
+            if net.cluster_dns {
+                tasks.spawn(cluster_dns::serve(network.clone(), caches, stop.clone()));
+            }
         }
         tasks.spawn(network.run(client.clone(), stop.clone()));
         tasks.spawn(usage::report(shared.clone(), config.usage_interval));

@@ -65,6 +65,10 @@ pub struct NetworkConfig {
     /// Whether the node runs the service proxy (ClusterIP and NodePort
     /// rules); only with a pod network.
     pub service_proxy: bool,
+    /// Whether the node serves cluster DNS on its bridge's address (port
+    /// 53) and gives pods a resolv.conf pointing at it; only with a pod
+    /// network.
+    pub cluster_dns: bool,
 }
 
 impl NetworkConfig {
@@ -78,6 +82,7 @@ impl NetworkConfig {
             cidr_wait: Duration::from_secs(10),
             resync: Duration::from_secs(30),
             service_proxy: true,
+            cluster_dns: true,
         }
     }
 }
@@ -138,6 +143,39 @@ impl PodNetwork {
     /// The configuration.
     pub fn config(&self) -> &NetworkConfig {
         &self.config
+    }
+
+    /// Waits until the bridge is up (or `stop`); its address, where pods
+    /// reach their node.
+    pub async fn wait_gateway(&self, stop: &CancellationToken) -> Option<Ipv4Addr> {
+        let mut ready = self.ready.subscribe();
+        tokio::select! {
+            _ = stop.cancelled() => None,
+            r = ready.wait_for(Option::is_some) => r.ok().and_then(|r| r.map(|r| cidr::gateway(&r.cidr))),
+        }
+    }
+
+    /// The `/etc/resolv.conf` of `pod` (Kubernetes' dnsPolicy rules): the
+    /// node's cluster DNS once the bridge is up and cluster DNS is on,
+    /// else the host's resolvers.
+    pub fn resolv_conf(&self, pod: &k8s_openapi::api::core::v1::Pod) -> String {
+        let spec = pod.spec.as_ref();
+        let cluster_dns: Vec<IpAddr> = self
+            .gateway()
+            .filter(|_| self.config.cluster_dns && self.config.mode != PodNetworkMode::None)
+            .map(IpAddr::V4)
+            .into_iter()
+            .collect();
+        let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        crate::dns::pod_resolv_conf(
+            spec.and_then(|s| s.dns_policy.as_deref()),
+            spec.and_then(|s| s.host_network).unwrap_or(false),
+            pod.metadata.namespace.as_deref().unwrap_or("default"),
+            &cluster_dns,
+            crate::dns::records::DEFAULT_DOMAIN,
+            &host,
+            spec.and_then(|s| s.dns_config.as_ref()),
+        )
     }
 
     /// Follows the cluster's pod ranges.

@@ -522,6 +522,11 @@ async fn sync(shared: &Shared, cache: &Cache<Pod>, pod: &Pod) -> Result<Action, 
             }
         }
     }
+    if let (Ok(sandbox), None) = (&sandbox, &sandbox_error) {
+        if let Err(e) = sandbox.write_resolv_conf(&shared.network.resolv_conf(pod)) {
+            sandbox_error = Some(format!("writing the pod's resolv.conf: {e}"));
+        }
+    }
     if let Some(e) = &sandbox_error {
         shared
             .event(

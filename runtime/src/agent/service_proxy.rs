@@ -23,11 +23,10 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use orch_core::controller::endpoints::SERVICE_NAME_LABEL;
-use orch_core::controller::Cache;
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::services::ServiceCaches;
 use crate::net::nft;
 use crate::net::service_rules::{Protocol, ProxyRules, ServicePort};
 use crate::net::Cidr;
@@ -52,41 +51,6 @@ impl ProxyConfig {
             resync: Duration::from_secs(30),
         }
     }
-}
-
-/// The Services and EndpointSlices of the cluster, as the agent's
-/// informers cache them, and the signal that one changed.
-#[derive(Clone)]
-pub struct ServiceCaches {
-    /// Every Service.
-    pub services: Cache<Service>,
-    /// Every EndpointSlice.
-    pub slices: Cache<EndpointSlice>,
-    /// Notified on every change of either.
-    pub changed: Arc<Notify>,
-}
-
-impl ServiceCaches {
-    /// The EndpointSlices of Service `namespace/name`.
-    pub fn slices_of(&self, namespace: &str, name: &str) -> Vec<Arc<EndpointSlice>> {
-        self.slices
-            .by_index(BY_SERVICE, &format!("{namespace}/{name}"))
-    }
-}
-
-/// The index of the slice cache by Service (`namespace/name`).
-pub const BY_SERVICE: &str = "service";
-
-/// The `namespace/name` of the Service an EndpointSlice belongs to.
-pub fn slice_service(slice: &EndpointSlice) -> Vec<String> {
-    let ns = slice.metadata.namespace.as_deref().unwrap_or("default");
-    slice
-        .metadata
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(SERVICE_NAME_LABEL))
-        .map(|svc| vec![format!("{ns}/{svc}")])
-        .unwrap_or_default()
 }
 
 /// The rules' Service ports for one Service and its slices. Headless and

@@ -26,7 +26,7 @@ mod forward;
 pub use records::{Answer, Records};
 pub use resolv_conf::{pod_resolv_conf, upstream_from_resolv_conf};
 pub use server::ClusterDns;
-pub use source::{CacheSource, ServiceSource, StaticSource};
+pub use source::{ServiceSource, StaticSource};
 
 use std::net::SocketAddr;
 

@@ -23,10 +23,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use hickory_proto::rr::rdata::{A, AAAA, CNAME, PTR, SOA, SRV};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use k8s_openapi::api::core::v1::{Service, ServiceSpec};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-use orch_core::controller::Cache;
 
-use super::source::{CacheSource, ServiceSource};
+use super::source::ServiceSource;
 use super::DnsError;
 
 /// The default cluster domain.
@@ -94,11 +92,6 @@ impl Records {
             ttl: DEFAULT_TTL,
             serial,
         }
-    }
-
-    /// The zone read from the agent's informer caches.
-    pub fn from_caches(services: Cache<Service>, slices: Cache<EndpointSlice>) -> Self {
-        Records::new(CacheSource { services, slices })
     }
 
     /// The same zone under another cluster domain (e.g. `cluster.example`).

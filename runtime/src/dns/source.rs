@@ -1,13 +1,12 @@
 //! Where the DNS answers come from: the Services and their EndpointSlices,
-//! read from the agent's informer caches ([`CacheSource`]) or from fixed
-//! lists ([`StaticSource`], for tests and tools).
+//! read from the agent's informer caches (`agent::services::ServiceCaches`)
+//! or from fixed lists ([`StaticSource`], for tests and tools).
 
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use orch_core::controller::endpoints::SERVICE_NAME_LABEL;
-use orch_core::controller::Cache;
 
 /// The Services and EndpointSlices the cluster zone is built from. Read on
 /// every query, so an implementation must be cheap and never block long.
@@ -39,35 +38,6 @@ fn belongs_to(slice: &EndpointSlice, namespace: &str, service: &str) -> bool {
             .as_ref()
             .and_then(|labels| labels.get(SERVICE_NAME_LABEL))
             .is_some_and(|name| name == service)
-}
-
-/// The agent's informer caches of Services and EndpointSlices.
-#[derive(Clone)]
-pub struct CacheSource {
-    /// The Services' cache.
-    pub services: Cache<Service>,
-    /// The EndpointSlices' cache.
-    pub slices: Cache<EndpointSlice>,
-}
-
-impl ServiceSource for CacheSource {
-    fn service(&self, namespace: &str, name: &str) -> Option<Arc<Service>> {
-        self.services.get(&format!("{namespace}/{name}"))
-    }
-
-    fn services(&self) -> Vec<Arc<Service>> {
-        self.services.list()
-    }
-
-    fn slices_of(&self, namespace: &str, service: &str) -> Vec<Arc<EndpointSlice>> {
-        // The cache has no index we can count on (its owner chooses them),
-        // so this is a scan; a node's slices are few enough.
-        self.slices
-            .list()
-            .into_iter()
-            .filter(|slice| belongs_to(slice, namespace, service))
-            .collect()
-    }
 }
 
 /// Fixed lists of Services and EndpointSlices.

@@ -98,6 +98,22 @@ impl Sandbox {
         self.dir.join("hosts")
     }
 
+    /// The file bind-mounted as the containers' `/etc/resolv.conf` when it
+    /// exists (the agent writes it: [`Sandbox::write_resolv_conf`]).
+    pub fn resolv_conf_file(&self) -> PathBuf {
+        self.dir.join("resolv.conf")
+    }
+
+    /// Writes the pod's `/etc/resolv.conf` (unless it says this already).
+    /// Containers started afterwards see it.
+    pub fn write_resolv_conf(&self, content: &str) -> Result<()> {
+        let path = self.resolv_conf_file();
+        if fs::read_to_string(&path).is_ok_and(|c| c == content) {
+            return Ok(());
+        }
+        write_file(&path, content.as_bytes())
+    }
+
     /// The directory of the pod's container records.
     pub fn containers_dir(&self) -> PathBuf {
         self.dir.join("containers")

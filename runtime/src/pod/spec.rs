@@ -289,6 +289,10 @@ pub fn build(config: &ContainerConfig, inputs: &SpecInputs<'_>) -> Result<Value>
         json!({"destination": "/etc/hostname", "type": "bind", "source": inputs.sandbox.hostname_file().display().to_string(), "options": ["rbind", "ro"]}),
         json!({"destination": "/etc/hosts", "type": "bind", "source": inputs.sandbox.hosts_file().display().to_string(), "options": ["rbind", "rw"]}),
     ];
+    let resolv_conf = inputs.sandbox.resolv_conf_file();
+    if resolv_conf.exists() {
+        mounts.push(json!({"destination": "/etc/resolv.conf", "type": "bind", "source": resolv_conf.display().to_string(), "options": ["rbind", "ro"]}));
+    }
     for mount in &config.mounts {
         if !mount.destination.starts_with('/') {
             return Err(PodError::InvalidConfig(format!(
