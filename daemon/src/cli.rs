@@ -75,6 +75,11 @@ pub struct ServerArgs {
     /// The port of the embedded agent's API (0: any free port).
     #[arg(long, default_value_t = 10250)]
     pub agent_port: u16,
+    /// A flag for the embedded agent, as `orchd agent` takes it
+    /// (repeatable; e.g. `--agent-arg=--pod-network=none`,
+    /// `--agent-arg=--ingress-addr=0.0.0.0:8080`).
+    #[arg(long = "agent-arg", allow_hyphen_values = true)]
+    pub agent_args: Vec<String>,
     /// Another IP address the API's certificate is valid for (repeatable;
     /// the API address and loopback always are).
     #[arg(long)]

@@ -392,6 +392,7 @@ fn agent_args(args: &ServerArgs, data: &DataDir, api: &str, token: &str) -> Vec<
         argv.push("--node-name".to_string());
         argv.push(name.clone());
     }
+    argv.extend(args.agent_args.iter().cloned());
     argv
 }
 

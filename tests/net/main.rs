@@ -115,6 +115,8 @@ impl NetRig {
                 "bridge",
                 "--bridge-name",
                 &bridge,
+                // Agents of parallel tests share the host's port 80.
+                "--no-ingress",
             ],
         );
         let rig = NetRig {
@@ -254,22 +256,29 @@ spec:
 
 /// `GET /` of `addr` from the host: the body.
 async fn http_get(addr: SocketAddr) -> std::io::Result<String> {
+    http_get_path(addr, "/").await.map(|(_, body)| body)
+}
+
+/// `GET path` of `addr` from the host: the status line and the body.
+async fn http_get_path(addr: SocketAddr, path: &str) -> std::io::Result<(String, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream =
         tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(addr))
             .await
             .map_err(|_| std::io::Error::other("connect timed out"))??;
     stream
-        .write_all(b"GET / HTTP/1.0\r\nHost: pod\r\n\r\n")
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: pod\r\n\r\n").as_bytes())
         .await?;
     let mut response = String::new();
     tokio::time::timeout(Duration::from_secs(3), stream.read_to_string(&mut response))
         .await
         .map_err(|_| std::io::Error::other("read timed out"))??;
-    Ok(response
+    let status = response.lines().next().unwrap_or_default().to_string();
+    let body = response
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_string())
-        .unwrap_or(response))
+        .unwrap_or(response);
+    Ok((status, body))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -21,7 +21,7 @@ use orch_tests::api::TestApi;
 use orch_tests::wait_until;
 use serde_json::Value;
 
-use super::{http_get, ifname, AGENT_TOKEN};
+use super::{http_get, http_get_path, ifname, AGENT_TOKEN};
 
 /// The test's hosts' segment; the host's side of it is `.1`.
 const SEGMENT: [u8; 3] = [10, 251, 0];
@@ -339,6 +339,76 @@ spec:
     command: ["sleep", "3600"]
 "#;
 
+/// Two Services, `a` and `b`, each of one busybox httpd answering
+/// "from a" or "from b" under `/a/` or `/b/`; an Ingress routing `/a` and
+/// `/b` to them, and one routing `/nope` to a Service that does not exist.
+const ECHO: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: echo-a
+  labels: {app: echo-a}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: httpd
+    image: busybox:latest
+    imagePullPolicy: Never
+    command: ["sh", "-c", "mkdir -p /www/a && echo from a > /www/a/index.html && exec httpd -f -p 8080 -h /www"]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: echo-b
+  labels: {app: echo-b}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: httpd
+    image: busybox:latest
+    imagePullPolicy: Never
+    command: ["sh", "-c", "mkdir -p /www/b && echo from b > /www/b/index.html && exec httpd -f -p 8080 -h /www"]
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: a
+spec:
+  selector: {app: echo-a}
+  ports:
+  - {port: 80, targetPort: 8080}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: b
+spec:
+  selector: {app: echo-b}
+  ports:
+  - {port: 80, targetPort: 8080}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: routes
+spec:
+  rules:
+  - http:
+      paths:
+      - {path: /a, pathType: Prefix, backend: {service: {name: a, port: {number: 80}}}}
+      - {path: /b, pathType: Prefix, backend: {service: {name: b, port: {number: 80}}}}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: broken
+spec:
+  rules:
+  - http:
+      paths:
+      - {path: /nope, pathType: Prefix, backend: {service: {name: missing, port: {number: 80}}}}
+"#;
+
 /// Counts the lines of `output` per distinct line.
 fn tally(output: &str) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();
@@ -456,6 +526,51 @@ async fn services_balance_across_two_nodes_in_their_own_network_namespaces() {
         .await;
         assert!(pods.contains_key(body.trim()), "{body:?} from {address}");
     }
+
+    // An Ingress on every node routes /a and /b to two Services; one
+    // pointing to a missing Service answers 503 and says so in an Event.
+    cluster.apply(ECHO).await;
+    for (_, _, address) in &cluster.nodes {
+        for (path, expected) in [("/a/", "from a"), ("/b/", "from b")] {
+            let body = wait_until(
+                &format!("Ingress {path} on {address}"),
+                Duration::from_secs(60),
+                || async {
+                    let (status, body) = http_get_path(SocketAddr::from((*address, 80)), path)
+                        .await
+                        .ok()?;
+                    status.contains(" 200 ").then_some(body)
+                },
+            )
+            .await;
+            assert_eq!(body.trim(), expected, "{path} on {address}");
+        }
+    }
+    let (status, body) = http_get_path(SocketAddr::from((cluster.nodes[0].2, 80)), "/nope")
+        .await
+        .expect("the Ingress proxy answers");
+    assert!(status.contains(" 503 "), "{status} {body}");
+    assert!(body.contains("missing"), "{body}");
+    let events = wait_until(
+        "a ServiceNotFound Event",
+        Duration::from_secs(20),
+        || async {
+            let out = cluster
+                .api
+                .kubectl_ok(&[
+                    "get",
+                    "events",
+                    "--field-selector",
+                    "involvedObject.name=broken",
+                    "-o",
+                    "jsonpath={.items[*].reason}",
+                ])
+                .await;
+            out.contains("ServiceNotFound").then_some(out)
+        },
+    )
+    .await;
+    println!("Events of Ingress broken: {events}");
 
     // A NodePort already taken: refused, and the other Services' rules
     // stay as they were.

@@ -253,10 +253,17 @@ impl Drop for Server {
                 .args(["link", "del", DEFAULT_BRIDGE])
                 .stderr(std::process::Stdio::null())
                 .status();
-            let _ = Command::new("nft")
-                .args(["delete", "table", "ip", &format!("{DEFAULT_BRIDGE}-nat")])
-                .stderr(std::process::Stdio::null())
-                .status();
+            for table in ["nat", "svc"] {
+                let _ = Command::new("nft")
+                    .args([
+                        "delete",
+                        "table",
+                        "ip",
+                        &format!("{DEFAULT_BRIDGE}-{table}"),
+                    ])
+                    .stderr(std::process::Stdio::null())
+                    .status();
+            }
         }
     }
 }

@@ -101,6 +101,13 @@ pub struct Args {
     /// on the bridge's address; pods then get the host's resolvers.
     #[arg(long)]
     pub no_cluster_dns: bool,
+    /// Where the node's Ingress proxy serves HTTP (Ingresses of class
+    /// `orch` or of none).
+    #[arg(long, default_value = "0.0.0.0:80")]
+    pub ingress_addr: std::net::SocketAddr,
+    /// Do not run the Ingress proxy.
+    #[arg(long)]
+    pub no_ingress: bool,
 }
 
 fn parse_cidr(s: &str) -> Result<Cidr, String> {
@@ -177,6 +184,7 @@ impl Args {
         config.network.cluster_cidr = self.cluster_cidr;
         config.network.service_proxy = !self.no_service_proxy;
         config.network.cluster_dns = !self.no_cluster_dns;
+        config.network.ingress = (!self.no_ingress).then_some(self.ingress_addr);
         config
     }
 }

@@ -25,6 +25,7 @@ pub mod container;
 pub mod env;
 pub mod health;
 pub mod host;
+pub mod ingress;
 pub mod log_rotation;
 pub mod network;
 pub mod node;
@@ -271,7 +272,9 @@ impl Agent {
             stop.clone(),
         ));
         let net = &config.network;
-        if net.mode != network::PodNetworkMode::None && (net.service_proxy || net.cluster_dns) {
+        if net.mode != network::PodNetworkMode::None
+            && (net.service_proxy || net.cluster_dns || net.ingress.is_some())
+        {
             let caches = services::ServiceCaches::start(&client, &stop);
             if net.service_proxy {
                 let proxy = service_proxy::ServiceProxy::new(
@@ -282,7 +285,20 @@ impl Agent {
                 tasks.spawn(proxy.run(stop.clone()));
             }
             if net.cluster_dns {
-                tasks.spawn(cluster_dns::serve(network.clone(), caches, stop.clone()));
+                tasks.spawn(cluster_dns::serve(
+                    network.clone(),
+                    caches.clone(),
+                    stop.clone(),
+                ));
+            }
+            if let Some(listen) = net.ingress {
+                tasks.spawn(ingress::serve(
+                    listen,
+                    client.clone(),
+                    config.node_name.clone(),
+                    caches,
+                    stop.clone(),
+                ));
             }
         }
         tasks.spawn(network.run(client.clone(), stop.clone()));

@@ -69,6 +69,9 @@ pub struct NetworkConfig {
     /// 53) and gives pods a resolv.conf pointing at it; only with a pod
     /// network.
     pub cluster_dns: bool,
+    /// Where the node's Ingress proxy serves HTTP (`None`: no proxy); only
+    /// with a pod network.
+    pub ingress: Option<std::net::SocketAddr>,
 }
 
 impl NetworkConfig {
@@ -83,6 +86,7 @@ impl NetworkConfig {
             resync: Duration::from_secs(30),
             service_proxy: true,
             cluster_dns: true,
+            ingress: Some(std::net::SocketAddr::from(([0, 0, 0, 0], 80))),
         }
     }
 }

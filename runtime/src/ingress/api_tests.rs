@@ -79,7 +79,11 @@ async fn routes_from_informer_caches_and_reports_missing_services_once_per_gener
         .await
         .unwrap();
 
-    let mut source = CacheSource::start(&client, &stop);
+    let mut source = CacheSource::start(
+        &client,
+        crate::agent::services::ServiceCaches::start(&client, &stop),
+        &stop,
+    );
     tokio::time::timeout(Duration::from_secs(10), source.wait_until_ready())
         .await
         .unwrap();

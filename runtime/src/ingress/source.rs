@@ -10,10 +10,11 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use orch_core::controller::endpoints::SERVICE_NAME_LABEL;
 use orch_core::controller::{Cache, Informer};
 use orch_core::Client;
 use tokio_util::sync::CancellationToken;
+
+use crate::agent::services::{slice_service, ServiceCaches};
 
 /// The objects routing reads, as they are now. Read on every request, so
 /// implementations must be cheap (in-memory).
@@ -27,68 +28,42 @@ pub trait IngressSource: Send + Sync {
     fn slices_of(&self, namespace: &str, service: &str) -> Vec<Arc<EndpointSlice>>;
 }
 
-/// The index of the EndpointSlice cache [`CacheSource`] reads: by
-/// `namespace/service`, computed by [`service_index`].
-pub const SERVICE_INDEX: &str = "ingress-service";
-
-/// The [`SERVICE_INDEX`] values of an EndpointSlice: `namespace/service`.
-pub fn service_index(slice: &EndpointSlice) -> Vec<String> {
-    slice_service_key(slice).into_iter().collect()
-}
-
-fn slice_service_key(slice: &EndpointSlice) -> Option<String> {
-    let service = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
-    let namespace = slice.metadata.namespace.as_deref().unwrap_or("default");
-    Some(format!("{namespace}/{service}"))
-}
-
-/// The informer caches of Ingresses, Services and EndpointSlices of every
-/// namespace: always as current as the watches, so changes take effect on
-/// the next request.
+/// The informer caches of Ingresses and of the node's Services and
+/// EndpointSlices (shared with the service proxy and DNS): always as
+/// current as the watches, so changes take effect on the next request.
 #[derive(Clone)]
 pub struct CacheSource {
     ingresses: Cache<Ingress>,
-    services: Cache<Service>,
-    slices: Cache<EndpointSlice>,
+    services: ServiceCaches,
 }
 
 impl CacheSource {
-    /// Reads from existing caches; that of the EndpointSlices must have the
-    /// index [`SERVICE_INDEX`] (`.index(SERVICE_INDEX, service_index)` on
-    /// its informer).
-    pub fn new(
-        ingresses: Cache<Ingress>,
-        services: Cache<Service>,
-        slices: Cache<EndpointSlice>,
-    ) -> Self {
+    /// Reads Ingresses from `ingresses`, the rest from `services`.
+    pub fn new(ingresses: Cache<Ingress>, services: ServiceCaches) -> Self {
         CacheSource {
             ingresses,
             services,
-            slices,
         }
     }
 
-    /// Starts the three informers (stopped by `stop`) and reads from their
-    /// caches.
-    pub fn start(client: &Client, stop: &CancellationToken) -> Self {
+    /// Starts an Ingress informer (stopped by `stop`) next to `services`.
+    pub fn start(client: &Client, services: ServiceCaches, stop: &CancellationToken) -> Self {
         let ingresses = Informer::<Ingress>::new(client.clone()).start(stop.clone(), |_| {});
-        let services = Informer::<Service>::new(client.clone()).start(stop.clone(), |_| {});
-        let slices = Informer::<EndpointSlice>::new(client.clone())
-            .index(SERVICE_INDEX, service_index)
-            .start(stop.clone(), |_| {});
-        CacheSource::new(ingresses, services, slices)
+        CacheSource::new(ingresses, services)
     }
 
     /// True once every cache was filled by its first list.
     pub fn is_ready(&self) -> bool {
-        self.ingresses.is_ready() && self.services.is_ready() && self.slices.is_ready()
+        self.ingresses.is_ready()
+            && self.services.services.is_ready()
+            && self.services.slices.is_ready()
     }
 
     /// Waits until every cache was filled by its first list.
     pub async fn wait_until_ready(&mut self) {
         self.ingresses.wait_until_ready().await;
-        self.services.wait_until_ready().await;
-        self.slices.wait_until_ready().await;
+        self.services.services.wait_until_ready().await;
+        self.services.slices.wait_until_ready().await;
     }
 }
 
@@ -98,12 +73,11 @@ impl IngressSource for CacheSource {
     }
 
     fn service(&self, namespace: &str, name: &str) -> Option<Arc<Service>> {
-        self.services.get(&format!("{namespace}/{name}"))
+        self.services.services.get(&format!("{namespace}/{name}"))
     }
 
     fn slices_of(&self, namespace: &str, service: &str) -> Vec<Arc<EndpointSlice>> {
-        self.slices
-            .by_index(SERVICE_INDEX, &format!("{namespace}/{service}"))
+        self.services.slices_of(namespace, service)
     }
 }
 
@@ -206,7 +180,7 @@ impl IngressSource for MemorySource {
         self.read()
             .slices
             .values()
-            .filter(|s| slice_service_key(s).as_deref() == Some(wanted.as_str()))
+            .filter(|s| slice_service(s).first() == Some(&wanted))
             .cloned()
             .collect()
     }
