@@ -299,7 +299,17 @@ async fn pods_get_addresses_reach_each_other_and_keep_them_across_restarts() {
         assert_ne!(ip, orch_runtime::net::cidr::gateway(&cidr), "the gateway");
     }
     assert_eq!(web["status"]["podIPs"][0]["ip"], web_ip.to_string());
-    assert_eq!(web["status"]["hostIP"], "127.0.0.1");
+    let node_ip = rig
+        .api
+        .kubectl_ok(&[
+            "get",
+            "node",
+            "n1",
+            "-o",
+            "jsonpath={.status.addresses[?(@.type==\"InternalIP\")].address}",
+        ])
+        .await;
+    assert_eq!(web["status"]["hostIP"], node_ip.as_str());
 
     // The container's environment has its address (fieldRef status.podIP).
     let env_ip = rig

@@ -242,14 +242,129 @@ fn columns_and_cells(resource: &Resource, object: &Value) -> (Vec<Value>, Vec<Va
                 column("Roles", "string", 0),
                 column("Age", "string", 0),
                 column("Version", "string", 0),
+                column("Internal-IP", "string", 1),
+                column("External-IP", "string", 1),
+                column("OS-Image", "string", 1),
+                column("Kernel-Version", "string", 1),
+                column("Container-Runtime", "string", 1),
             ],
+            {
+                let info = &object["status"]["nodeInfo"];
+                let address = |kind: &str| {
+                    object["status"]["addresses"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .find(|a| a["type"] == kind)
+                        .map_or("<none>".to_string(), |a| str_of(&a["address"]))
+                };
+                vec![
+                    name,
+                    json!(node_status(object)),
+                    json!(node_roles(object)),
+                    json!(age(object)),
+                    json!(str_of(&info["kubeletVersion"])),
+                    json!(address("InternalIP")),
+                    json!(address("ExternalIP")),
+                    json!(str_of(&info["osImage"])),
+                    json!(str_of(&info["kernelVersion"])),
+                    json!(str_of(&info["containerRuntimeVersion"])),
+                ]
+            },
+        ),
+        "Ingress" => (
             vec![
-                name,
-                json!(node_status(object)),
-                json!(node_roles(object)),
-                json!(age(object)),
-                json!(str_of(&object["status"]["nodeInfo"]["kubeletVersion"])),
+                column("Name", "string", 0),
+                column("Class", "string", 0),
+                column("Hosts", "string", 0),
+                column("Address", "string", 0),
+                column("Ports", "string", 0),
+                column("Age", "string", 0),
             ],
+            {
+                let rules = object["spec"]["rules"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                let hosts: Vec<&str> = rules
+                    .iter()
+                    .map(|r| r["host"].as_str().unwrap_or("*"))
+                    .collect();
+                let ports = if object["spec"]["tls"]
+                    .as_array()
+                    .is_some_and(|t| !t.is_empty())
+                {
+                    "80, 443"
+                } else {
+                    "80"
+                };
+                let addresses: Vec<&str> = object["status"]["loadBalancer"]["ingress"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|i| i["ip"].as_str().or(i["hostname"].as_str()))
+                    .collect();
+                vec![
+                    name,
+                    json!(object["spec"]["ingressClassName"]
+                        .as_str()
+                        .unwrap_or("<none>")),
+                    json!(if hosts.is_empty() {
+                        "*".to_string()
+                    } else {
+                        hosts.join(",")
+                    }),
+                    json!(addresses.join(",")),
+                    json!(ports),
+                    json!(age(object)),
+                ]
+            },
+        ),
+        "EndpointSlice" => (
+            vec![
+                column("Name", "string", 0),
+                column("AddressType", "string", 0),
+                column("Ports", "string", 0),
+                column("Endpoints", "string", 0),
+                column("Age", "string", 0),
+            ],
+            {
+                let ports: Vec<String> = object["ports"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|p| p["port"].as_i64().map(|n| n.to_string()))
+                    .collect();
+                let endpoints: Vec<&str> = object["endpoints"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|e| e["addresses"].as_array().into_iter().flatten())
+                    .filter_map(Value::as_str)
+                    .collect();
+                let shown = if endpoints.len() > 3 {
+                    format!(
+                        "{} + {} more...",
+                        endpoints[..3].join(","),
+                        endpoints.len() - 3
+                    )
+                } else if endpoints.is_empty() {
+                    "<unset>".to_string()
+                } else {
+                    endpoints.join(",")
+                };
+                vec![
+                    name,
+                    json!(str_of(&object["addressType"])),
+                    json!(if ports.is_empty() {
+                        "<unset>".to_string()
+                    } else {
+                        ports.join(",")
+                    }),
+                    json!(shown),
+                    json!(age(object)),
+                ]
+            },
         ),
         "Service" => (
             vec![

@@ -105,6 +105,21 @@ pub fn address_towards(server: &str) -> Option<IpAddr> {
     socket.local_addr().ok().map(|a| a.ip())
 }
 
+/// The address this node is known by: the one it reaches the API server
+/// from, unless that is loopback (a control plane on this very host) —
+/// then the source address of the default route, as other hosts and
+/// NodePort clients reach it (loopback only without one).
+pub fn node_address(server: Option<&str>) -> IpAddr {
+    let towards_api = server.and_then(address_towards);
+    match towards_api {
+        Some(ip) if !ip.is_loopback() => ip,
+        _ => address_towards("192.0.2.1:9")
+            .filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
+            .or(towards_api)
+            .unwrap_or(IpAddr::from([127, 0, 0, 1])),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -204,8 +204,7 @@ impl Agent {
         let runtime = PodRuntime::start(config.runtime.clone(), images.clone())?;
         let address = config
             .node_ip
-            .or_else(|| client.address().and_then(|a| host::address_towards(&a)))
-            .unwrap_or(IpAddr::from([127, 0, 0, 1]))
+            .unwrap_or_else(|| host::node_address(client.address().as_deref()))
             .to_string();
         let listener = tokio::net::TcpListener::bind(("0.0.0.0", config.agent_port))
             .await
