@@ -36,7 +36,10 @@ async fn a_pod_runs_logs_and_is_deleted_within_its_grace_period() {
         })
         .await;
     assert_eq!(pod["spec"]["nodeName"], "n1");
-    assert_eq!(pod["status"]["hostIP"], "127.0.0.1");
+    assert_eq!(
+        pod["status"]["hostIP"],
+        rig.api.node_internal_ip("n1").await.as_str()
+    );
     let main = container_status(&pod, "main");
     assert!(main["state"]["running"]["startedAt"].is_string(), "{main}");
     assert_eq!(main["restartCount"], 0);

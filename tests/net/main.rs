@@ -299,16 +299,7 @@ async fn pods_get_addresses_reach_each_other_and_keep_them_across_restarts() {
         assert_ne!(ip, orch_runtime::net::cidr::gateway(&cidr), "the gateway");
     }
     assert_eq!(web["status"]["podIPs"][0]["ip"], web_ip.to_string());
-    let node_ip = rig
-        .api
-        .kubectl_ok(&[
-            "get",
-            "node",
-            "n1",
-            "-o",
-            "jsonpath={.status.addresses[?(@.type==\"InternalIP\")].address}",
-        ])
-        .await;
+    let node_ip = rig.api.node_internal_ip("n1").await;
     assert_eq!(web["status"]["hostIP"], node_ip.as_str());
 
     // The container's environment has its address (fieldRef status.podIP).
@@ -650,8 +641,13 @@ spec:
     ))
     .await;
     let pod = rig.running_pod("hostnet").await;
-    assert_eq!(pod["status"]["podIP"], "127.0.0.1", "the node's address");
-    assert_eq!(pod["status"]["podIPs"][0]["ip"], "127.0.0.1");
+    let node_ip = rig.api.node_internal_ip("n1").await;
+    assert_eq!(
+        pod["status"]["podIP"],
+        node_ip.as_str(),
+        "the node's address"
+    );
+    assert_eq!(pod["status"]["podIPs"][0]["ip"], node_ip.as_str());
     // No veth, no address taken from the pod CIDR.
     assert!(!net_dir(&veth::host_name(&uid_of(&pod))).exists());
     assert!(rig.ip_records().is_empty());

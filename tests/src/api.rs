@@ -184,6 +184,18 @@ impl TestApi {
         .await;
     }
 
+    /// Node `node`'s InternalIP, as `kubectl get node` shows it.
+    pub async fn node_internal_ip(&self, node: &str) -> String {
+        self.kubectl_ok(&[
+            "get",
+            "node",
+            node,
+            "-o",
+            "jsonpath={.status.addresses[?(@.type==\"InternalIP\")].address}",
+        ])
+        .await
+    }
+
     /// `kubectl get KIND NAME -n NAMESPACE -o jsonpath=PATH`.
     pub async fn jsonpath(&self, kind: &str, name: &str, namespace: &str, path: &str) -> String {
         let path = format!("jsonpath={path}");
