@@ -87,6 +87,8 @@ pub struct ControlPlane {
     pub api: ServerHandle,
     /// The control loops, started and stopped with leadership.
     pub loops: Option<LeaderLoops>,
+    /// Stops this master's background tasks (the Secrets keyring follower).
+    background: tokio_util::sync::CancellationToken,
 }
 
 impl ControlPlane {
@@ -140,11 +142,18 @@ impl ControlPlane {
         if let Some(loops) = &loops {
             server.serve_loop_metrics(loops.metrics().clone());
         }
+        let background = tokio_util::sync::CancellationToken::new();
+        let keyring = server.registry().clone();
+        tokio::spawn({
+            let stop = background.clone();
+            async move { keyring.follow_keyring(stop).await }
+        });
         Ok(ControlPlane {
             store,
             server,
             api,
             loops,
+            background,
         })
     }
 
@@ -174,6 +183,7 @@ impl ControlPlane {
 
     /// Stops the loops, the API server and the store member.
     pub async fn shutdown(self) {
+        self.background.cancel();
         if let Some(loops) = &self.loops {
             loops.stop();
         }

@@ -12,7 +12,7 @@ use orch_raft_store::{
 use serde_json::{json, Value};
 
 use crate::admission::QuotaLock;
-use crate::encryption::{self, SecretCipher};
+use crate::encryption::{self, SecretKeys, KEYRING_KEY};
 use crate::error::ApiError;
 use crate::node_ports;
 use crate::object;
@@ -32,6 +32,20 @@ fn service_allocations(service: &Value) -> Vec<String> {
                 .map(node_ports::allocation_key),
         )
         .collect()
+}
+
+/// What a Secrets key rotation did.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyRotation {
+    /// The new primary key's id.
+    pub primary: String,
+    /// Secrets sealed again with it.
+    pub rewritten: usize,
+    /// Keys dropped because no Secret used them any more.
+    pub dropped: Vec<String>,
+    /// The keys the keyring holds now.
+    pub keys: Vec<String>,
 }
 
 /// How a list or watch is narrowed.
@@ -190,20 +204,36 @@ pub struct Registry {
 /// key is configured (see [`crate::encryption`]).
 #[derive(Clone, Default)]
 struct Codec {
-    secrets: Option<std::sync::Arc<SecretCipher>>,
+    secrets: Option<std::sync::Arc<SecretKeys>>,
+}
+
+/// A stored value, and for a sealed Secret the keyring revision its write
+/// must still find.
+struct Encoded {
+    body: Vec<u8>,
+    keyring_revision: Option<i64>,
+}
+
+impl Encoded {
+    /// The guard that fails the write if the keyring changed since the
+    /// value was sealed (it would be sealed with a key being retired).
+    fn guard(&self) -> Option<Compare> {
+        self.keyring_revision
+            .map(|rev| Compare::mod_revision(KEYRING_KEY, CompareOp::Equal, rev))
+    }
 }
 
 impl Codec {
     fn decode(&self, kv: &KeyValue) -> Result<Value, ApiError> {
         let opened;
         let bytes: &[u8] = if encryption::is_sealed(&kv.value) {
-            let cipher = self.secrets.as_ref().ok_or_else(|| {
+            let keys = self.secrets.as_ref().ok_or_else(|| {
                 ApiError::internal(format!(
                     "{} is encrypted and this master has no key",
                     String::from_utf8_lossy(&kv.key)
                 ))
             })?;
-            opened = cipher.open(&kv.key, &kv.value)?;
+            opened = keys.open(&kv.key, &kv.value)?;
             &opened
         } else {
             &kv.value
@@ -214,15 +244,26 @@ impl Codec {
         Ok(object)
     }
 
-    fn encode(&self, resource: &Resource, key: &str, object: &Value) -> Result<Vec<u8>, ApiError> {
+    fn encode(&self, resource: &Resource, key: &str, object: &Value) -> Result<Encoded, ApiError> {
         let body = serde_json::to_vec(object).map_err(|e| ApiError::internal(e.to_string()))?;
         Ok(match &self.secrets {
-            Some(cipher) if resource.plural == "secrets" && resource.group.is_empty() => {
-                cipher.seal(key.as_bytes(), &body)
+            Some(keys) if is_secret(resource) => {
+                let (body, revision) = keys.seal(key.as_bytes(), &body);
+                Encoded {
+                    body,
+                    keyring_revision: Some(revision),
+                }
             }
-            _ => body,
+            _ => Encoded {
+                body,
+                keyring_revision: None,
+            },
         })
     }
+}
+
+fn is_secret(resource: &Resource) -> bool {
+    resource.plural == "secrets" && resource.group.is_empty()
 }
 
 fn encode_token(key: &[u8], revision: i64) -> String {
@@ -257,8 +298,189 @@ impl Registry {
     /// This registry sealing Secrets with `key` (AES-256-GCM) from now on,
     /// and opening the sealed ones.
     pub fn with_secret_key(mut self, key: [u8; 32]) -> Self {
-        self.codec.secrets = Some(std::sync::Arc::new(SecretCipher::new(key)));
+        self.codec.secrets = Some(std::sync::Arc::new(SecretKeys::new(key)));
         self
+    }
+
+    /// After a sealed Secret's write failed its guards: true (and the
+    /// keyring reloaded) if the keyring changed since the value was
+    /// sealed, so the write should be sealed and tried again.
+    async fn reload_keyring_if_moved(&self, encoded: &Encoded) -> Result<bool, ApiError> {
+        let Some(used) = encoded.keyring_revision else {
+            return Ok(false);
+        };
+        let current = self.read(KEYRING_KEY).await?;
+        let now = current.as_ref().map_or(0, |kv| kv.mod_revision);
+        if now == used {
+            return Ok(false);
+        }
+        if let Some(keys) = &self.codec.secrets {
+            keys.load(current.as_ref().map(|kv| kv.value.as_slice()), now)?;
+        }
+        Ok(true)
+    }
+
+    /// Reads the Secrets keyring into this registry's keys (nothing
+    /// happens without a key).
+    pub async fn load_keyring(&self) -> Result<(), ApiError> {
+        let Some(keys) = &self.codec.secrets else {
+            return Ok(());
+        };
+        let current = self.read(KEYRING_KEY).await?;
+        keys.load(
+            current.as_ref().map(|kv| kv.value.as_slice()),
+            current.as_ref().map_or(0, |kv| kv.mod_revision),
+        )
+    }
+
+    /// Keeps this registry's Secrets keyring in step with the store (a
+    /// rotation on another master) until `stop`. Without a key, returns.
+    pub async fn follow_keyring(&self, stop: tokio_util::sync::CancellationToken) {
+        let Some(keys) = self.codec.secrets.clone() else {
+            return;
+        };
+        loop {
+            let followed = async {
+                self.load_keyring().await?;
+                let mut req = WatchRequest::new(KeyRange::key(KEYRING_KEY));
+                req.start_revision = keys.ring().1.max(0) + 1;
+                let mut stream = self.store.watch(req).await?;
+                while let Some(item) = stream.next().await {
+                    for event in item?.events {
+                        let value =
+                            (event.kind == EventKind::Put).then_some(event.kv.value.as_slice());
+                        keys.load(value, event.kv.mod_revision)?;
+                        tracing::info!(
+                            revision = event.kv.mod_revision,
+                            "Secrets keyring reloaded"
+                        );
+                    }
+                }
+                Ok::<(), ApiError>(())
+            };
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                outcome = followed => {
+                    if let Err(e) = outcome {
+                        tracing::debug!(error = %e, "following the Secrets keyring; trying again");
+                    }
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    /// Rotates the Secrets key: adds a new primary data key to the keyring,
+    /// rewrites every Secret sealed with another key, then drops the keys
+    /// no Secret uses. Every write of a sealed Secret requires the keyring
+    /// it sealed with to be current, so no write on any master can use a
+    /// retired key once the new one is in the store.
+    pub async fn rotate_secret_key(&self) -> Result<KeyRotation, ApiError> {
+        let keys = self
+            .codec
+            .secrets
+            .clone()
+            .ok_or_else(|| ApiError::bad_request("this control plane has no Secrets key"))?;
+        // 1. A new primary.
+        let primary = loop {
+            self.load_keyring().await?;
+            let (ring, revision) = keys.ring();
+            let mut ring = ring.unwrap_or_default();
+            let id = ring.add_primary();
+            let put = TxnOp::Put(PutRequest::new(KEYRING_KEY, keys.seal_ring(&ring)));
+            let guard = Compare::mod_revision(KEYRING_KEY, CompareOp::Equal, revision);
+            if let Some(rev) = self.guarded(guard, put).await? {
+                keys.load(Some(&keys.seal_ring(&ring)), rev)?;
+                break id;
+            }
+        };
+        // 2. Every Secret sealed with it.
+        let secrets = resource::find("", "v1", "secrets").expect("secrets are served");
+        let prefix = secrets.key_prefix(None);
+        let mut rewritten = 0;
+        let all = self
+            .store
+            .range(RangeRequest::new(KeyRange::prefix(prefix.clone())))
+            .await?
+            .kvs;
+        for kv in all {
+            let mut current = Some(kv);
+            while let Some(kv) = current.take() {
+                if encryption::key_id_of(&kv.value) == Some(primary.as_str()) {
+                    break;
+                }
+                let object = self.codec.decode(&kv)?;
+                let key = String::from_utf8_lossy(&kv.key).into_owned();
+                let encoded = self.codec.encode(secrets, &key, &object)?;
+                let mut compare = vec![Compare::mod_revision(
+                    key.clone(),
+                    CompareOp::Equal,
+                    kv.mod_revision,
+                )];
+                compare.extend(encoded.guard());
+                let resp = self
+                    .store
+                    .txn(TxnRequest {
+                        compare,
+                        success: vec![TxnOp::Put(PutRequest::new(key.clone(), encoded.body))],
+                        failure: vec![],
+                    })
+                    .await?;
+                if resp.succeeded {
+                    rewritten += 1;
+                } else {
+                    // Changed meanwhile (its new value may already use the
+                    // new key) or another rotation: look again.
+                    self.load_keyring().await?;
+                    current = self.read(&key).await?;
+                }
+            }
+        }
+        // 3. Drop the keys nothing is sealed with any more.
+        let dropped = loop {
+            let in_use: std::collections::BTreeSet<String> = self
+                .store
+                .range(RangeRequest::new(KeyRange::prefix(prefix.clone())))
+                .await?
+                .kvs
+                .iter()
+                .filter_map(|kv| encryption::key_id_of(&kv.value).map(str::to_string))
+                .collect();
+            self.load_keyring().await?;
+            let (ring, revision) = keys.ring();
+            let mut ring = ring.unwrap_or_default();
+            let unused: Vec<String> = ring
+                .keys
+                .keys()
+                .filter(|id| **id != ring.primary && !in_use.contains(*id))
+                .cloned()
+                .collect();
+            if unused.is_empty() {
+                break unused;
+            }
+            for id in &unused {
+                ring.keys.remove(id);
+            }
+            let put = TxnOp::Put(PutRequest::new(KEYRING_KEY, keys.seal_ring(&ring)));
+            let guard = Compare::mod_revision(KEYRING_KEY, CompareOp::Equal, revision);
+            if let Some(rev) = self.guarded(guard, put).await? {
+                keys.load(Some(&keys.seal_ring(&ring)), rev)?;
+                break unused;
+            }
+        };
+        let (ring, _) = keys.ring();
+        tracing::info!(%primary, rewritten, ?dropped, "Secrets key rotated");
+        Ok(KeyRotation {
+            primary,
+            rewritten,
+            dropped,
+            keys: ring
+                .map(|r| r.keys.into_keys().collect())
+                .unwrap_or_default(),
+        })
     }
 
     /// The same registry over another handle on the store (a fenced one).
@@ -441,8 +663,9 @@ impl Registry {
                 ));
                 success.push(TxnOp::Put(PutRequest::new(lock.key.clone(), Vec::new())));
             }
-            let body = self.codec.encode(resource, key, &object)?;
-            success.push(TxnOp::Put(PutRequest::new(key, body)));
+            let encoded = self.codec.encode(resource, key, &object)?;
+            compare.extend(encoded.guard());
+            success.push(TxnOp::Put(PutRequest::new(key, encoded.body.clone())));
             let resp = self
                 .store
                 .txn(TxnRequest {
@@ -463,6 +686,9 @@ impl Registry {
                 if now != lock.revision {
                     return Ok(None);
                 }
+            }
+            if self.reload_keyring_if_moved(&encoded).await? {
+                continue;
             }
             if !is_service {
                 return Err(ApiError::internal("a create transaction failed its guard"));
@@ -640,16 +866,27 @@ impl Registry {
                 .write_service(resource, key, name, expected, object)
                 .await;
         }
-        let body = self.codec.encode(resource, key, &object)?;
-        let guard = Compare::mod_revision(key, CompareOp::Equal, expected);
-        let Some(revision) = self
-            .guarded(guard, TxnOp::Put(PutRequest::new(key, body)))
-            .await?
-        else {
-            return Err(ApiError::conflict(resource.plural, name));
-        };
-        object::set_resource_version(&mut object, revision);
-        Ok(object)
+        for _ in 0..8 {
+            let encoded = self.codec.encode(resource, key, &object)?;
+            let mut compare = vec![Compare::mod_revision(key, CompareOp::Equal, expected)];
+            compare.extend(encoded.guard());
+            let resp = self
+                .store
+                .txn(TxnRequest {
+                    compare,
+                    success: vec![TxnOp::Put(PutRequest::new(key, encoded.body.clone()))],
+                    failure: vec![],
+                })
+                .await?;
+            if resp.succeeded {
+                object::set_resource_version(&mut object, resp.revision);
+                return Ok(object);
+            }
+            if !self.reload_keyring_if_moved(&encoded).await? {
+                break;
+            }
+        }
+        Err(ApiError::conflict(resource.plural, name))
     }
 
     /// Writes a changed Service: node ports its ports newly need are
@@ -699,7 +936,7 @@ impl Registry {
             }
             success.push(TxnOp::Put(PutRequest::new(
                 key,
-                self.codec.encode(resource, key, &candidate)?,
+                self.codec.encode(resource, key, &candidate)?.body,
             )));
             let resp = self
                 .store

@@ -44,6 +44,17 @@ pub enum Command {
     /// Manage the images of a node's agent.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Manage the encryption of Secrets at rest.
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
+}
+
+/// `orchd secrets`.
+#[derive(Debug, clap::Subcommand)]
+pub enum SecretsCommand {
+    /// Seal every Secret with a new key: adds a data key, rewrites every
+    /// Secret with it, drops the keys no Secret uses any more.
+    RotateKey(StatusArgs),
 }
 
 /// `orchd server`.
@@ -126,7 +137,7 @@ impl ServerArgs {
     }
 }
 
-/// `orchd status`.
+/// `orchd status` (and other commands that only need the API).
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
     /// The data dir of a master on this machine.

@@ -15,10 +15,7 @@ use hyper::Method;
 /// `orchd status`: members and their roles, the leader, the revision, and
 /// the nodes with their readiness, from the cluster's API.
 pub async fn status(args: StatusArgs) -> Result<()> {
-    let access = match &args.kubeconfig {
-        Some(path) => ApiAccess::from_kubeconfig(path)?,
-        None => ApiAccess::from_data_dir(&DataDir::new(&args.data_dir))?,
-    };
+    let access = api_access(&args)?;
     let client = access.client()?;
     let members = client
         .request_json(Method::GET, "/orch/v1/members", None)
@@ -76,6 +73,46 @@ pub async fn leave(args: LeaveArgs) -> Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("removing member {id}: {}", e.message))?;
     println!("member {id} removed from the cluster");
+    Ok(())
+}
+
+/// How a command given `--data-dir` or `--kubeconfig` reaches the API.
+fn api_access(args: &StatusArgs) -> Result<ApiAccess> {
+    match &args.kubeconfig {
+        Some(path) => ApiAccess::from_kubeconfig(path),
+        None => ApiAccess::from_data_dir(&DataDir::new(&args.data_dir)),
+    }
+}
+
+/// `orchd secrets rotate-key`: a new Secrets key, every Secret sealed
+/// again with it.
+pub async fn rotate_secrets_key(args: StatusArgs) -> Result<()> {
+    let access = api_access(&args)?;
+    let report = access
+        .client()?
+        .request_json(Method::POST, "/orch/v1/secrets/rotate-key", None)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "rotating the Secrets key at {}: {}",
+                access.server,
+                e.message
+            )
+        })?;
+    print_out(&format!(
+        "new Secrets key {}; {} Secrets sealed with it; keys dropped: {}\n",
+        report["primary"].as_str().unwrap_or("?"),
+        report["rewritten"],
+        report["dropped"]
+            .as_array()
+            .map(|d| d
+                .iter()
+                .filter_map(|k| k.as_str())
+                .collect::<Vec<_>>()
+                .join(", "))
+            .filter(|d| !d.is_empty())
+            .unwrap_or_else(|| "none".into()),
+    ));
     Ok(())
 }
 

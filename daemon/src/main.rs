@@ -38,6 +38,9 @@ async fn main() {
             .map_err(anyhow::Error::msg),
         Command::Status(args) => commands::status(args).await,
         Command::Leave(args) => commands::leave(args).await,
+        Command::Secrets(cli::SecretsCommand::RotateKey(args)) => {
+            commands::rotate_secrets_key(args).await
+        }
         Command::Snapshot(command) => commands::snapshot(command).await,
         Command::Image(command) => commands::image(command).await,
     };

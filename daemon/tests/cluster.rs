@@ -197,6 +197,36 @@ async fn a_three_master_cluster_survives_losing_a_master_and_a_node() {
     .await;
     assert_eq!(out.stdout, "aHVudGVyMg==", "{out:?}");
 
+    // Rotating the Secrets key through one master: the Secret is sealed
+    // with the new key, and every master reads it (their keyrings follow).
+    let rotated = orchd(&[
+        "secrets",
+        "rotate-key",
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+    ]);
+    let said = String::from_utf8_lossy(&rotated.stdout);
+    assert!(
+        rotated.status.success() && said.contains("1 Secrets sealed with it"),
+        "{said}{}",
+        String::from_utf8_lossy(&rotated.stderr)
+    );
+    let raw = orch_raft_store::Client::new([masters[1].peer.clone()])
+        .with_tls(&masters[1].peer_tls())
+        .get("/registry/secrets/default/db")
+        .await
+        .unwrap()
+        .expect("the secret is stored");
+    assert!(raw.value.starts_with(b"orch:enc:aes256gcm:v2:"));
+    for master in &masters {
+        let out = kubectl_with(
+            &master.kubeconfig(),
+            &["get", "secret", "db", "-o", "jsonpath={.data.password}"],
+        )
+        .await;
+        assert_eq!(out.stdout, "aHVudGVyMg==", "{out:?}");
+    }
+
     // No credentials, or a wrong token: refused.
     let anonymous = dir("anonymous.kubeconfig");
     let admin = std::fs::read_to_string(&kubeconfig).unwrap();

@@ -9,4 +9,5 @@ mod kubectl;
 mod protobuf;
 mod python_client;
 mod quota_race;
+mod secrets_rotation;
 mod service_ips;

@@ -6,6 +6,7 @@
 //! | `GET /orch/v1/members`         | the store members, their roles, leader, revision   |
 //! | `POST /orch/v1/members`        | adds `{"id", "peerAddress"}` as a learner, waits until it has caught up, makes it a voter |
 //! | `DELETE /orch/v1/members/{id}` | removes a member (a leader hands leadership over first) |
+//! | `POST /orch/v1/secrets/rotate-key` | a new Secrets data key: every Secret sealed again with it, unused keys dropped |
 //! | `GET /orch/v1/join-bundle`     | what a joining master needs before it can talk to its peers (set by the embedder: orchd serves the cluster CA) |
 
 use bytes::Bytes;
@@ -87,6 +88,14 @@ pub async fn handle(
             store.add_learner(new.id, new.peer_address.clone()).await?;
             let status = store.promote(&[new.id]).await?;
             Ok(json_response(StatusCode::CREATED, &status_json(&status)))
+        }
+        (&Method::POST, ["secrets", "rotate-key"]) => {
+            let report = server.registry().rotate_secret_key().await?;
+            Ok(json_response(
+                StatusCode::OK,
+                &json!({"kind": "KeyRotation", "apiVersion": "orch/v1", "primary": report.primary,
+                        "rewritten": report.rewritten, "dropped": report.dropped, "keys": report.keys}),
+            ))
         }
         (&Method::DELETE, ["members", id]) => {
             let id: NodeId = id
