@@ -44,6 +44,9 @@ pub struct ControlPlaneConfig {
     /// Bearer tokens the API requires of clients (kubectl's admin token,
     /// the join token agents use); empty: no authentication.
     pub api_tokens: Vec<String>,
+    /// Bearer tokens the API also accepts, but not for the cluster's
+    /// administration under `/orch/v1/` (the node agents' token).
+    pub restricted_tokens: Vec<String>,
     /// Serve the API over TLS with this configuration (plain HTTP without).
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// The CA bundle served at `/cacerts`.
@@ -68,6 +71,7 @@ impl ControlPlaneConfig {
             loops: Some(LoopSettings::default()),
             agent_token: None,
             api_tokens: Vec::new(),
+            restricted_tokens: Vec::new(),
             tls: None,
             ca_pem: None,
             secret_key: None,
@@ -131,6 +135,7 @@ impl ControlPlane {
             registry.clone(),
             server::NodeProxy::new(config.agent_token.clone()),
         );
+        server.allow_restricted_tokens(config.restricted_tokens.clone());
         server.require_tokens(config.api_tokens.clone());
         if let Some(pem) = config.ca_pem.clone() {
             server.serve_ca(pem);

@@ -79,6 +79,41 @@ pub fn token_ca_hash(token: &str) -> Option<&str> {
     }
 }
 
+/// What an agent token's secret starts with.
+const AGENT_SECRET_PREFIX: &str = "agent-";
+
+/// The agents' token of the cluster whose join token (or agents' token)
+/// is `token`: `orch.<CA hash>.agent-<SHA-256 of a label and the join
+/// token>`. It names the CA as the join token does, so agents check the
+/// CA with it; the API accepts it for everything but the cluster's
+/// administration (members, the join bundle with the CA key, key
+/// rotation), and the API server presents it to the agents. `None` for a
+/// malformed token.
+pub fn agent_token_for(token: &str) -> Option<String> {
+    let hash = token_ca_hash(token)?;
+    if is_agent_token(token) {
+        return Some(token.to_string());
+    }
+    use sha2::{Digest, Sha256};
+    let mut digest = Sha256::new();
+    digest.update(b"orch agent token\0");
+    digest.update(token.as_bytes());
+    let secret: String = digest
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Some(format!("orch.{hash}.{AGENT_SECRET_PREFIX}{secret}"))
+}
+
+/// Whether `token` is an agents' token (not a join token).
+pub fn is_agent_token(token: &str) -> bool {
+    token
+        .rsplit('.')
+        .next()
+        .is_some_and(|secret| secret.starts_with(AGENT_SECRET_PREFIX))
+}
+
 /// Accepts any server certificate: only for fetching the CA bundle, whose
 /// hash is checked against the token afterwards.
 #[derive(Debug)]

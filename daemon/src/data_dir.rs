@@ -131,6 +131,12 @@ impl DataDir {
         write_private(&self.token_file(), token)
     }
 
+    /// Writes `agent-token`: the token workers join with (it cannot add
+    /// masters or read the CA key).
+    pub fn write_agent_token(&self, token: &str) -> Result<()> {
+        write_private(&self.root.join("agent-token"), token)
+    }
+
     /// The addresses written at the last start.
     pub fn endpoints(&self) -> Result<Endpoints> {
         let path = self.root.join("endpoints.json");

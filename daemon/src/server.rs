@@ -214,8 +214,9 @@ async fn start(
         store_addr: args.peer_addr,
         api_addr: args.api_addr,
         loops: Some(LoopSettings::default()),
-        agent_token: Some(token.to_string()),
+        agent_token: Some(agent_token(token)?),
         api_tokens: vec![data_dir::admin_token(token), token.to_string()],
+        restricted_tokens: vec![agent_token(token)?],
         tls: Some(tls::server_config(&chain, &key)?),
         ca_pem: Some(ca.cert_pem.clone()),
         secret_key: Some(data_dir::secret_key(token)),
@@ -236,6 +237,7 @@ async fn start(
         .server
         .serve_join_bundle(serde_json::to_vec(ca).expect("the CA serializes").into());
     data.write_token(token)?;
+    data.write_agent_token(&agent_token(token)?)?;
     let api = advertised(plane.api.addr);
     data.write_kubeconfig(&api, token, &ca.cert_pem)?;
     data.write_endpoints(&Endpoints {
@@ -375,6 +377,11 @@ fn advertised(addr: SocketAddr) -> String {
     }
 }
 
+/// The agents' token of the cluster whose join token is `token`.
+fn agent_token(token: &str) -> Result<String> {
+    orch_core::tls::agent_token_for(token).context("the join token is malformed")
+}
+
 /// The command line of the embedded agent.
 fn agent_args(args: &ServerArgs, data: &DataDir, api: &str, token: &str) -> Vec<String> {
     let mut argv = vec![
@@ -382,7 +389,7 @@ fn agent_args(args: &ServerArgs, data: &DataDir, api: &str, token: &str) -> Vec<
         "--server".to_string(),
         api.to_string(),
         "--token".to_string(),
-        token.to_string(),
+        agent_token(token).unwrap_or_else(|_| token.to_string()),
         "--data-dir".to_string(),
         data.agent().display().to_string(),
         "--port".to_string(),

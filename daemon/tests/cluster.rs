@@ -126,6 +126,9 @@ async fn a_three_master_cluster_survives_losing_a_master_and_a_node() {
     // Three masters: the first bootstraps, the others join with its token.
     let first = Master::start(Path::new(ORCHD), &dir("m1"), None);
     let token = first.token();
+    let agent_token = std::fs::read_to_string(dir("m1").join("agent-token"))
+        .expect("the first master wrote the agents' token");
+    assert_ne!(agent_token, token);
     let mut masters = vec![first];
     for name in ["m2", "m3"] {
         let join = masters[0].join_address().to_string();
@@ -150,7 +153,8 @@ async fn a_three_master_cluster_survives_losing_a_master_and_a_node() {
     let apis: Vec<&str> = apis.iter().map(String::as_str).collect();
     let mut workers = vec![
         Worker::start(Path::new(ORCHD), &dir("w1"), "w1", &apis, &token),
-        Worker::start(Path::new(ORCHD), &dir("w2"), "w2", &apis, &token),
+        // Workers join with the agents' token (the join token works too).
+        Worker::start(Path::new(ORCHD), &dir("w2"), "w2", &apis, &agent_token),
     ];
     let kubeconfig = masters[0].kubeconfig();
     wait_until("both workers Ready", Duration::from_secs(60), || async {
@@ -248,6 +252,21 @@ async fn a_three_master_cluster_survives_losing_a_master_and_a_node() {
         .output()
         .expect("curl runs");
     assert_eq!(String::from_utf8_lossy(&code.stdout), "401");
+    // The agents' token reads the Kubernetes API, not the CA key or the
+    // members.
+    let as_agent = |path: &str, method: &str| {
+        let out = Command::new("curl")
+            .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}", "-X", method])
+            .args(["-H", &format!("Authorization: Bearer {agent_token}")])
+            .arg(format!("https://{}{path}", masters[0].api))
+            .output()
+            .expect("curl runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(as_agent("/api/v1/namespaces/default/pods", "GET"), "200");
+    assert_eq!(as_agent("/orch/v1/join-bundle", "GET"), "403");
+    assert_eq!(as_agent("/orch/v1/members", "POST"), "403");
+    assert_eq!(as_agent("/orch/v1/secrets/rotate-key", "POST"), "403");
     let bad_token = format!("{}0000", &token[..token.len() - 4]);
     let joiner = dir("m-bad");
     let out = orchd(&[

@@ -64,6 +64,7 @@ async fn main() {
         loops: Some(orch_core::controller::LoopSettings::default()),
         agent_token,
         api_tokens: Vec::new(),
+        restricted_tokens: Vec::new(),
         tls: None,
         ca_pem: None,
         secret_key: None,

@@ -62,6 +62,9 @@ pub struct ApiServer {
     /// Bearer tokens a request must carry one of; empty: no authentication
     /// (tests, embedding on a trusted host).
     tokens: std::sync::OnceLock<Vec<String>>,
+    /// Bearer tokens accepted for the Kubernetes API but not for the
+    /// cluster's administration under `/orch/v1/` (the node agents').
+    restricted_tokens: std::sync::OnceLock<Vec<String>>,
     /// The cluster's CA bundle, served at `/cacerts` to nodes that hold a
     /// join token only (they check its hash).
     ca_pem: std::sync::OnceLock<String>,
@@ -93,6 +96,7 @@ impl ApiServer {
             node_proxy,
             loop_metrics: std::sync::OnceLock::new(),
             tokens: std::sync::OnceLock::new(),
+            restricted_tokens: std::sync::OnceLock::new(),
             ca_pem: std::sync::OnceLock::new(),
             join_bundle: std::sync::OnceLock::new(),
             removed: watch::channel(false).0,
@@ -138,13 +142,22 @@ impl ApiServer {
         }
     }
 
-    /// Whether `req` may be served.
-    fn authenticated<B>(&self, req: &Request<B>) -> bool {
+    /// Also accepts `tokens`, but not under `/orch/v1/` (members, the
+    /// join bundle, key rotation): 403 there (set once). Takes effect with
+    /// [`require_tokens`](Self::require_tokens).
+    pub fn allow_restricted_tokens(&self, tokens: Vec<String>) {
+        let tokens: Vec<String> = tokens.into_iter().filter(|t| !t.is_empty()).collect();
+        let _ = self.restricted_tokens.set(tokens);
+    }
+
+    /// Whether `req` may be served: `Err` is the refusal (401 without a
+    /// known token, 403 for a restricted token on an administration path).
+    fn authorize<B>(&self, req: &Request<B>) -> Result<(), ApiError> {
         let Some(tokens) = self.tokens.get() else {
-            return true;
+            return Ok(());
         };
         if PUBLIC_PATHS.contains(&req.uri().path()) {
-            return true;
+            return Ok(());
         }
         let given = req
             .headers()
@@ -153,9 +166,23 @@ impl ApiServer {
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim)
             .unwrap_or("");
-        tokens
-            .iter()
-            .any(|t| constant_time_eq(t.as_bytes(), given.as_bytes()))
+        let known = |list: &[String]| {
+            list.iter()
+                .any(|t| constant_time_eq(t.as_bytes(), given.as_bytes()))
+        };
+        if known(tokens) {
+            return Ok(());
+        }
+        if self.restricted_tokens.get().is_some_and(|r| known(r)) {
+            if req.uri().path().starts_with(members::PREFIX) {
+                return Err(ApiError::forbidden(format!(
+                    "{} is not open to the agents' token",
+                    req.uri().path()
+                )));
+            }
+            return Ok(());
+        }
+        Err(ApiError::unauthorized("Unauthorized"))
     }
 
     /// Serves these control-loop metrics at `/metrics` (set once).
@@ -350,9 +377,9 @@ async fn answer(server: Arc<ApiServer>, req: Request<Incoming>) -> Response<Body
     let path = req.uri().path().to_string();
     let span = tracing::info_span!("api", %method, %path);
     async move {
-        if !server.authenticated(&req) {
-            tracing::debug!("unauthenticated request refused");
-            return error_response(&ApiError::unauthorized("Unauthorized"));
+        if let Err(refusal) = server.authorize(&req) {
+            tracing::debug!(code = refusal.code, "request refused");
+            return error_response(&refusal);
         }
         if req.uri().path() == "/cacerts" {
             if let Some(pem) = server.ca_pem.get() {

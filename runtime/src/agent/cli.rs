@@ -25,9 +25,10 @@ pub struct Args {
     /// talks to one and moves to the next when it cannot connect.
     #[arg(long, value_delimiter = ',', required = true)]
     pub server: Vec<String>,
-    /// The cluster's join token: the agent's credential with the API, and
-    /// what the agent's own API requires of its callers (unless
-    /// `--agent-token-file` says otherwise).
+    /// The cluster's agent token (a master's DATA_DIR/agent-token; its join
+    /// token works too): the agent's credential with the API. The agent's
+    /// own API requires the agents' token derived from it of its callers
+    /// (unless `--agent-token-file` says otherwise).
     #[arg(long)]
     pub token: Option<String>,
     /// The Node's name (default: the host name).
@@ -219,7 +220,11 @@ async fn fetch_ca(servers: &[String], hash: &str) -> Result<String, String> {
 pub async fn run(args: Args) -> Result<(), String> {
     let mut config = args.config();
     let token = args.token.clone().filter(|t| !t.trim().is_empty());
-    config.agent_token = token.clone();
+    // The API server presents the agents' token to agents, whichever of
+    // the cluster's tokens this agent was given.
+    config.agent_token = token
+        .as_deref()
+        .map(|t| orch_core::tls::agent_token_for(t).unwrap_or_else(|| t.to_string()));
     if let Some(file) = &args.agent_token_file {
         let token = std::fs::read_to_string(file)
             .map_err(|e| format!("reading {}: {e}", file.display()))?;
