@@ -58,6 +58,39 @@ fn is_empty(value: &Value) -> bool {
     }
 }
 
+/// A request body as the API server reads it: JSON, else YAML (400 for
+/// an empty body or neither).
+pub fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
+    if body.is_empty() {
+        return Err(ApiError::bad_request("the request body is empty"));
+    }
+    serde_json::from_slice(body)
+        .or_else(|_| serde_yaml_ng::from_slice::<Value>(body))
+        .map_err(|e| {
+            ApiError::bad_request(format!("the request body is not valid JSON or YAML: {e}"))
+        })
+}
+
+/// Everything the API server does to a create's body before it goes to
+/// the store, short of the store: parsing, the kind's type check,
+/// defaulting and validation. What the request fuzz target drives.
+pub fn decode_new_object(
+    resource: &Resource,
+    body: &[u8],
+    strict: bool,
+) -> Result<Value, ApiError> {
+    let mut object = parse_body(body)?;
+    if !object.is_object() {
+        return Err(ApiError::bad_request("the request body is not an object"));
+    }
+    object["kind"] = serde_json::json!(resource.kind);
+    object["apiVersion"] = serde_json::json!(resource.api_version());
+    check(resource, &object, strict)?;
+    crate::defaults::apply(resource, &mut object);
+    crate::validation::check(resource, &object)?;
+    Ok(object)
+}
+
 /// Checks `object` against its kind's type; with `strict`, unknown fields
 /// are refused too (400, as Kubernetes' strict field validation does).
 pub fn check(resource: &Resource, object: &Value, strict: bool) -> Result<(), ApiError> {

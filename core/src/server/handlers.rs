@@ -25,16 +25,7 @@ fn header<'a>(parts: &'a Parts, name: &str) -> &'a str {
         .unwrap_or("")
 }
 
-fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
-    if body.is_empty() {
-        return Err(ApiError::bad_request("the request body is empty"));
-    }
-    serde_json::from_slice(body)
-        .or_else(|_| serde_yaml_ng::from_slice::<Value>(body))
-        .map_err(|e| {
-            ApiError::bad_request(format!("the request body is not valid JSON or YAML: {e}"))
-        })
-}
+use crate::typed::parse_body;
 
 /// Checks an incoming or patched object against its kind's type; with
 /// `fieldValidation=Strict`, unknown fields are refused as well.
