@@ -516,6 +516,39 @@ async fn services_balance_across_two_nodes_in_their_own_network_namespaces() {
     assert!(!counts.contains_key("FAILED"), "{counts:?}");
     assert_eq!(counts.len(), 3, "{counts:?}");
 
+    // Service links: a pod started after the Services sees them in its
+    // environment.
+    cluster
+        .api
+        .kubectl_ok(&[
+            "run",
+            "links",
+            "--image=busybox:latest",
+            "--image-pull-policy=Never",
+            "--restart=Never",
+            "--",
+            "sh",
+            "-c",
+            "echo $WEB_SERVICE_HOST $WEB_SERVICE_PORT_HTTP $WEB_PORT",
+        ])
+        .await;
+    let links = wait_until("pod links Succeeded", Duration::from_secs(60), || async {
+        let phase = cluster
+            .api
+            .jsonpath("pod", "links", "default", "{.status.phase}")
+            .await;
+        if phase != "Succeeded" {
+            return None;
+        }
+        Some(cluster.api.kubectl_ok(&["logs", "links"]).await)
+    })
+    .await;
+    assert_eq!(
+        links.trim(),
+        format!("{cluster_ip} 80 tcp://{cluster_ip}:80"),
+        "service links"
+    );
+
     // NodePort from the host, on both nodes' addresses.
     for (_, _, address) in &cluster.nodes {
         let body = wait_until(

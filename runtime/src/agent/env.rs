@@ -114,6 +114,9 @@ pub struct PodFacts {
     pub allocatable_cpu_millis: Option<u64>,
     /// The node's allocatable memory in bytes; else the host's MemTotal.
     pub allocatable_memory_bytes: Option<u64>,
+    /// The service-link variables of the pod's namespace (see
+    /// `agent::service_env`), defined before the container's own.
+    pub service_links: Vec<(String, String)>,
 }
 
 /// Builds the environment of `container` of `pod`: `(name, value)` in the
@@ -127,6 +130,9 @@ pub async fn container_env(
 ) -> Result<Vec<(String, String)>, EnvError> {
     let mut sources = Sources::new(client, namespace_of(pod));
     let mut env = EnvList::default();
+    for (name, value) in &facts.service_links {
+        env.set(name.clone(), value.clone());
+    }
     for from in container.env_from.iter().flatten() {
         for (name, value) in env_from(&mut sources, from).await? {
             env.set(name, value);

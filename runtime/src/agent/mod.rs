@@ -32,6 +32,7 @@ pub mod node;
 pub mod pods;
 pub mod probe;
 pub mod server;
+pub mod service_env;
 pub mod service_proxy;
 pub mod services;
 pub mod status;
@@ -275,6 +276,7 @@ impl Agent {
             && (net.service_proxy || net.cluster_dns || net.ingress.is_some())
         {
             let caches = services::ServiceCaches::start(&client, &stop);
+            shared.set_services(caches.clone());
             if net.service_proxy {
                 let proxy = service_proxy::ServiceProxy::new(
                     service_proxy::ProxyConfig::new(&net.bridge),

@@ -69,6 +69,9 @@ pub struct Shared {
     pub(crate) queue: Queue<ObjectKey>,
     pub(crate) stop: CancellationToken,
     cache: OnceLock<Cache<Pod>>,
+    /// The cluster's Services (for service-link variables), when the node
+    /// runs its service proxy.
+    services: OnceLock<super::services::ServiceCaches>,
     notes: Mutex<HashMap<String, PodNotes>>,
     /// Ids of the containers whose exit a task is waiting for.
     watched: Arc<Mutex<HashSet<String>>>,
@@ -104,6 +107,7 @@ impl Shared {
             queue,
             stop,
             cache: OnceLock::new(),
+            services: OnceLock::new(),
             notes: Mutex::new(HashMap::new()),
             watched: Arc::default(),
             health: HealthChecks::default(),
@@ -232,11 +236,33 @@ impl Shared {
 
     /// What the agent knows of a pod for its environment and volumes.
     fn facts(&self, pod: &Pod) -> PodFacts {
+        let links = pod.spec.as_ref().and_then(|s| s.enable_service_links) != Some(false);
         PodFacts {
             pod_ip: self.pod_ip(pod),
             host_ip: Some(self.host_ip.clone()),
             allocatable_cpu_millis: None,
             allocatable_memory_bytes: None,
+            service_links: match self.services.get() {
+                Some(caches) if links => super::service_env::service_links(
+                    &caches.services.list(),
+                    env::namespace_of(pod),
+                ),
+                _ => Vec::new(),
+            },
+        }
+    }
+
+    /// Follows the cluster's Services for service-link variables (set once).
+    pub(crate) fn set_services(&self, caches: super::services::ServiceCaches) {
+        let _ = self.services.set(caches);
+    }
+
+    /// Waits (a few seconds at most) until the Services were listed once,
+    /// so a container's service links are complete, as the kubelet does.
+    async fn services_listed(&self) {
+        if let Some(caches) = self.services.get() {
+            let mut services = caches.services.clone();
+            let _ = tokio::time::timeout(Duration::from_secs(5), services.wait_until_ready()).await;
         }
     }
 
@@ -1085,6 +1111,7 @@ async fn inputs(
     pod: &Pod,
     container: &Container,
 ) -> Result<(Vec<(String, String)>, Vec<BindMount>), String> {
+    shared.services_listed().await;
     let env = env::container_env(&shared.client, pod, container, &shared.facts(pod))
         .await
         .map_err(|e| e.to_string())?;
