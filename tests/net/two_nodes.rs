@@ -308,6 +308,16 @@ spec:
 apiVersion: v1
 kind: Service
 metadata:
+  name: web-sticky
+spec:
+  selector: {app: web}
+  sessionAffinity: ClientIP
+  ports:
+  - {name: http, port: 80, targetPort: http}
+---
+apiVersion: v1
+kind: Service
+metadata:
   name: web-headless
 spec:
   clusterIP: None
@@ -409,6 +419,28 @@ spec:
       - {path: /nope, pathType: Prefix, backend: {service: {name: missing, port: {number: 80}}}}
 "#;
 
+/// A rules listing without the running timers of affinity entries
+/// (`expires 2h59m55s`), which change by themselves.
+fn without_timers(rules: &str) -> String {
+    let mut out = Vec::new();
+    let mut words = rules.split(' ');
+    while let Some(word) = words.next() {
+        if word == "expires" {
+            // Drop the timer; keep what followed it on the same token.
+            if let Some(timer) = words.next() {
+                let rest: String = timer
+                    .chars()
+                    .skip_while(|c| c.is_ascii_alphanumeric())
+                    .collect();
+                out.push(rest);
+            }
+            continue;
+        }
+        out.push(word.to_string());
+    }
+    out.join(" ")
+}
+
 /// Counts the lines of `output` per distinct line.
 fn tally(output: &str) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();
@@ -473,6 +505,21 @@ async fn services_balance_across_two_nodes_in_their_own_network_namespaces() {
         pods.keys().cloned().collect::<Vec<_>>(),
         "every replica answers"
     );
+
+    // sessionAffinity ClientIP: one client keeps its replica.
+    let out = cluster
+        .in_client(
+            "for i in $(seq 30); do timeout 5 wget -qO- http://web-sticky/ || echo FAILED; done",
+        )
+        .await;
+    let counts = tally(&out);
+    println!("30 requests to the ClientIP-affine Service: {counts:?}");
+    assert_eq!(
+        counts.len(),
+        1,
+        "one replica answers a sticky client: {counts:?}"
+    );
+    assert!(!counts.contains_key("FAILED"), "{counts:?}");
 
     // Cluster DNS: the pod's resolv.conf points at its node, Service
     // names resolve to the ClusterIP (headless ones to the pods), and
@@ -607,7 +654,7 @@ async fn services_balance_across_two_nodes_in_their_own_network_namespaces() {
 
     // A NodePort already taken: refused, and the other Services' rules
     // stay as they were.
-    let before = cluster.service_rules(0);
+    let before = without_timers(&cluster.service_rules(0));
     let taken = cluster
         .api
         .kubectl(&[
@@ -625,7 +672,7 @@ async fn services_balance_across_two_nodes_in_their_own_network_namespaces() {
         "{taken:?}"
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(cluster.service_rules(0), before);
+    assert_eq!(without_timers(&cluster.service_rules(0)), before);
 
     // Scaling down to one replica while a client keeps asking: no request
     // fails, and at the end only the survivor answers.
@@ -668,10 +715,28 @@ async fn services_balance_across_two_nodes_in_their_own_network_namespaces() {
         "after the scale-down only {survivor} answers: {last:?}"
     );
 
+    // Hairpin: the survivor reaches itself through its Service.
+    let own = cluster
+        .api
+        .kubectl_ok(&[
+            "exec",
+            survivor,
+            "--",
+            "sh",
+            "-c",
+            &format!("timeout 5 wget -qO- http://{cluster_ip}/"),
+        ])
+        .await;
+    assert_eq!(
+        own.trim(),
+        survivor,
+        "a pod reaches itself by its ClusterIP"
+    );
+
     // Deleting the Services removes every rule they made, on both nodes.
     cluster
         .api
-        .kubectl_ok(&["delete", "service", "web", "web-np"])
+        .kubectl_ok(&["delete", "service", "web", "web-np", "web-sticky"])
         .await;
     for index in 0..2 {
         wait_until(

@@ -233,9 +233,9 @@ impl ServiceProxy {
                 _ = tick.tick() => check = true,
             }
             if check && applied.is_some() {
-                match nft::list_table(&self.config.table).await {
-                    Ok(Some(_)) => {}
-                    Ok(None) => {
+                match nft::table_exists(&self.config.table).await {
+                    Ok(true) => {}
+                    Ok(false) => {
                         tracing::warn!(table = %self.config.table, "service table gone; rebuilding it");
                         applied = None;
                     }

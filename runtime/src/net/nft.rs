@@ -48,3 +48,18 @@ pub async fn list_table(table: &str) -> Result<Option<String>, NetError> {
         Err(source) => Err(nft_error(format!("listing table ip {table}"), source)),
     }
 }
+
+/// Whether table `ip <table>` exists: a listing of the tables' names only,
+/// cheap whatever the tables hold (listing a table of thousands of rules
+/// takes most of a second).
+pub async fn table_exists(table: &str) -> Result<bool, NetError> {
+    let json = helper::get_current_ruleset_raw_async(helper::DEFAULT_NFT, ["list", "tables", "ip"])
+        .await
+        .map_err(|source| nft_error("listing tables".to_string(), source))?;
+    let listing: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
+    Ok(listing["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|o| o["table"]["name"] == table))
+}

@@ -9,7 +9,7 @@
 //!     chain prerouting  { type nat hook prerouting priority dstnat; jump services }
 //!     chain output      { type nat hook output priority -100; jump services }
 //!     chain postrouting { type nat hook postrouting priority srcnat;
-//!                         meta mark & 0x4000 == 0 return; meta mark set meta mark ^ 0x4000 masquerade fully-random }
+//!                         meta mark & 0x4000 == 0 return; meta mark set meta mark ^ 0x4000 masquerade }
 //!     chain filter-forward, filter-output { ip daddr . meta l4proto . th dport @no-endpoints reject }
 //!     chain services {
 //!         ip daddr . meta l4proto . th dport vmap @service-ips
@@ -17,17 +17,22 @@
 //!     }
 //!     chain svc-NS/NAME/tcp/PORT {               # one per Service port
 //!         ip saddr != { cluster CIDRs } jump mark-for-masquerade
-//!         ip saddr @aff-...__10.244.1.5/8080 goto ep-...__10.244.1.5/8080   # sessionAffinity ClientIP
-//!         numgen random mod 3 vmap { 0 : goto ep-..., 1 : goto ep-..., 2 : goto ep-... }
+//!         meta l4proto tcp dnat ip to numgen random mod 3 map { 0 : 10.244.1.5 . 8080, 1 : ..., 2 : ... }
 //!     }
 //!     chain ext-NS/NAME/tcp/PORT { jump mark-for-masquerade; goto svc-... }   # its NodePort
-//!     chain ep-NS/NAME/tcp/PORT__10.244.1.5/8080 { # one per endpoint
-//!         ip saddr 10.244.1.5 jump mark-for-masquerade         # hairpin
-//!         update @aff-...__10.244.1.5/8080 { ip saddr }        # sessionAffinity ClientIP
-//!         meta l4proto tcp dnat to 10.244.1.5:8080
-//!     }
+//!     set hairpin { type ipv4_addr . ipv4_addr }   # every endpoint as "ip . ip"
+//!     (postrouting, first: ct status dnat ip saddr . ip daddr @hairpin masquerade)
 //! }
 //! ```
+//!
+//! A Service with `sessionAffinity: ClientIP` instead picks a chain per
+//! endpoint (`numgen ... vmap { 0 : goto ep-...__10.244.1.5/8080, ... }`,
+//! after `ip saddr @aff-...__10.244.1.5/8080 goto ep-...` for clients seen
+//! within the timeout), and each endpoint chain records its client
+//! (`update @aff-... { ip saddr }`) and DNATs. Other Services have no chain
+//! per endpoint: `nft`'s cost per transaction grows with the chains and
+//! rules of the table, so a table of 1,000 Services with 10 endpoints
+//! each keeps 1,000 chains, not 11,000.
 //!
 //! A Service port with endpoints is an element of `service-ips` (and of
 //! `service-nodeports` for its NodePort); one without is an element of
@@ -39,9 +44,10 @@
 //! [`ProxyRules::changes`] turns the difference between two states into
 //! one transaction touching only the Service ports that changed: their map
 //! elements, their chains, and the chains and affinity sets of endpoints
-//! that came or went. Endpoints that stay keep their chains and affinity
-//! sets, and established connections keep their conntrack entries, so a
-//! scale-down drops no connection to a pod that stays.
+//! that came or went, and the `hairpin` elements of addresses that came or
+//! went. Endpoints that stay keep their chains and affinity sets, and
+//! established connections keep their conntrack entries, so a scale-down
+//! drops no connection to a pod that stays.
 //!
 //! The commands are nft's JSON API (libnftables-json(5)), applied through
 //! the `nftables` crate's runner; they are built as JSON values because
@@ -130,6 +136,17 @@ impl ServicePort {
 
     fn ext_chain(&self) -> String {
         format!("ext-{}", self.id)
+    }
+
+    /// The endpoints that have a chain of their own: those of a Service
+    /// with session affinity (each keeps its clients in a set); other
+    /// Services draw endpoints from a map in their own chain.
+    fn chained_endpoints(&self) -> &[SocketAddrV4] {
+        if self.affinity_timeout.is_some() {
+            &self.endpoints
+        } else {
+            &[]
+        }
     }
 
     fn ep_chain(&self, endpoint: &SocketAddrV4) -> String {
@@ -235,6 +252,10 @@ fn service_key(ip: Ipv4Addr, protocol: Protocol, port: u16) -> Value {
     json!({"concat": [ip.to_string(), protocol.nft(), port]})
 }
 
+fn hairpin_key(ip: Ipv4Addr) -> Value {
+    json!({"concat": [ip.to_string(), ip.to_string()]})
+}
+
 fn node_port_key(protocol: Protocol, port: u16) -> Value {
     json!({"concat": [protocol.nft(), port]})
 }
@@ -283,6 +304,25 @@ impl ProxyRules {
             "mark-for-masquerade",
             vec![json!({"mangle": {"key": meta("mark"), "value": {"|": [meta("mark"), MASQUERADE_MARK]}}})],
         );
+        tx.push(
+            "add",
+            "set",
+            json!({"name": "hairpin", "type": ["ipv4_addr", "ipv4_addr"]}),
+        );
+        // A pod reaching itself through a Service: masqueraded, or it
+        // would get its own packets from itself.
+        tx.rule(
+            "postrouting",
+            vec![
+                matches("in", json!({"ct": {"key": "status"}}), json!("dnat")),
+                matches(
+                    "==",
+                    json!({"concat": [payload("ip", "saddr"), payload("ip", "daddr")]}),
+                    json!("@hairpin"),
+                ),
+                json!({"masquerade": null}),
+            ],
+        );
         tx.rule(
             "postrouting",
             vec![
@@ -298,7 +338,7 @@ impl ProxyRules {
             "postrouting",
             vec![
                 json!({"mangle": {"key": meta("mark"), "value": {"^": [meta("mark"), MASQUERADE_MARK]}}}),
-                json!({"masquerade": {"flags": ["fully-random"]}}),
+                json!({"masquerade": null}),
             ],
         );
         tx.rule("prerouting", vec![jump("services")]);
@@ -337,6 +377,9 @@ impl ProxyRules {
         for service in self.services.values() {
             self.add_service(&mut tx, service, &BTreeSet::new(), false);
         }
+        for ip in self.endpoint_ips() {
+            tx.element("add", "hairpin", hairpin_key(ip));
+        }
         tx.into_payload()
     }
 
@@ -359,7 +402,22 @@ impl ProxyRules {
                 next.add_service(&mut tx, new, &BTreeSet::new(), false);
             }
         }
+        let (before, after) = (self.endpoint_ips(), next.endpoint_ips());
+        for gone in before.difference(&after) {
+            tx.element("delete", "hairpin", hairpin_key(*gone));
+        }
+        for came in after.difference(&before) {
+            tx.element("add", "hairpin", hairpin_key(*came));
+        }
         (!tx.commands.is_empty()).then(|| tx.into_payload())
+    }
+
+    /// Every endpoint address (an element `ip . ip` of set `hairpin`).
+    fn endpoint_ips(&self) -> BTreeSet<Ipv4Addr> {
+        self.services
+            .values()
+            .flat_map(|s| s.endpoints.iter().map(|e| *e.ip()))
+            .collect()
     }
 
     /// Map elements of a Service port: where its ClusterIP and NodePort
@@ -400,7 +458,7 @@ impl ProxyRules {
         kept: &BTreeSet<SocketAddrV4>,
         existing: bool,
     ) {
-        for endpoint in &service.endpoints {
+        for endpoint in service.chained_endpoints() {
             if kept.contains(endpoint) {
                 continue;
             }
@@ -412,20 +470,7 @@ impl ProxyRules {
                     json!({"name": service.affinity_set(endpoint), "type": "ipv4_addr",
                            "flags": ["timeout"], "timeout": timeout}),
                 );
-            }
-            tx.chain(&chain);
-            tx.rule(
-                &chain,
-                vec![
-                    matches(
-                        "==",
-                        payload("ip", "saddr"),
-                        json!(endpoint.ip().to_string()),
-                    ),
-                    jump("mark-for-masquerade"),
-                ],
-            );
-            if service.affinity_timeout.is_some() {
+                tx.chain(&chain);
                 tx.rule(
                     &chain,
                     vec![
@@ -471,7 +516,11 @@ impl ProxyRules {
                 );
             }
         }
-        if !service.endpoints.is_empty() {
+        let pick =
+            json!({"numgen": {"mode": "random", "mod": service.endpoints.len(), "offset": 0}});
+        if service.endpoints.is_empty() {
+            // Nothing to balance over: the ClusterIP is in `no-endpoints`.
+        } else if service.affinity_timeout.is_some() {
             let choices: Vec<Value> = service
                 .endpoints
                 .iter()
@@ -480,10 +529,23 @@ impl ProxyRules {
                 .collect();
             tx.rule(
                 &svc,
-                vec![json!({"vmap": {
-                    "key": {"numgen": {"mode": "random", "mod": service.endpoints.len(), "offset": 0}},
-                    "data": {"set": choices}
-                }})],
+                vec![json!({"vmap": {"key": pick, "data": {"set": choices}}})],
+            );
+        } else {
+            // No chain per endpoint: the endpoint is drawn straight from
+            // an anonymous map of addresses and ports.
+            let choices: Vec<Value> = service
+                .endpoints
+                .iter()
+                .enumerate()
+                .map(|(i, e)| json!([i, {"concat": [e.ip().to_string(), e.port()]}]))
+                .collect();
+            tx.rule(
+                &svc,
+                vec![
+                    matches("==", meta("l4proto"), json!(service.protocol.nft())),
+                    json!({"dnat": {"family": "ip", "addr": {"map": {"key": pick, "data": {"set": choices}}}}}),
+                ],
             );
         }
         if service.node_port.is_some() {
@@ -504,15 +566,13 @@ impl ProxyRules {
         if service.node_port.is_some() {
             tx.delete_chain(&service.ext_chain());
         }
-        for endpoint in &service.endpoints {
+        for endpoint in service.chained_endpoints() {
             tx.delete_chain(&service.ep_chain(endpoint));
-            if service.affinity_timeout.is_some() {
-                tx.push(
-                    "delete",
-                    "set",
-                    json!({"name": service.affinity_set(endpoint)}),
-                );
-            }
+            tx.push(
+                "delete",
+                "set",
+                json!({"name": service.affinity_set(endpoint)}),
+            );
         }
     }
 
@@ -530,15 +590,13 @@ impl ProxyRules {
         let same_endpoint_rules =
             old.affinity_timeout == new.affinity_timeout && old.protocol == new.protocol;
         let mut kept = BTreeSet::new();
-        for endpoint in &old.endpoints {
+        for endpoint in old.chained_endpoints() {
             if same_endpoint_rules && new.endpoints.contains(endpoint) {
                 kept.insert(*endpoint);
                 continue;
             }
             tx.delete_chain(&old.ep_chain(endpoint));
-            if old.affinity_timeout.is_some() {
-                tx.push("delete", "set", json!({"name": old.affinity_set(endpoint)}));
-            }
+            tx.push("delete", "set", json!({"name": old.affinity_set(endpoint)}));
         }
         self.add_service(tx, new, &kept, true);
     }
@@ -602,15 +660,17 @@ mod tests {
             .push(SocketAddrV4::new(Ipv4Addr::new(10, 244, 1, 7), 8080));
         let tx = b.changes(&a).expect("a removed endpoint changes the rules");
         let text = tx.to_string();
-        assert!(text.contains("ep-ns/a/tcp/80__10.244.1.7/8080"));
         assert!(!text.contains("ns/b/"), "{text}");
-        // The endpoint that stays keeps its chain.
-        let deleted: Vec<Value> = commands(&tx)
-            .into_iter()
-            .filter_map(|c| c.get("delete").and_then(|d| d.get("chain")).cloned())
-            .collect();
-        assert_eq!(deleted.len(), 1);
-        assert_eq!(deleted[0]["name"], "ep-ns/a/tcp/80__10.244.1.7/8080");
+        // The address that went leaves the hairpin set; no other Service
+        // is touched and no endpoint chain exists to delete.
+        let commands = commands(&tx);
+        let deleted: Vec<&Value> = commands.iter().filter_map(|c| c.get("delete")).collect();
+        assert!(deleted.iter().all(|d| d.get("chain").is_none()), "{text}");
+        assert!(
+            deleted.iter().any(|d| d["element"]["name"] == "hairpin"
+                && d["element"]["elem"][0]["concat"][0] == "10.244.1.7"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -667,6 +727,15 @@ mod tests {
         // table and apply the change in one checked transaction.
         let full: Value = serde_json::from_str(&before.full()).unwrap();
         let change: Value = serde_json::from_str(&before.changes(&after).unwrap()).unwrap();
+        let gone_chain = change["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["delete"]["chain"]["name"] == "ep-ns/a/tcp/http__10.244.0.5/8080");
+        assert!(
+            gone_chain,
+            "the sticky Service's gone endpoint loses its chain"
+        );
         let mut both = full["nftables"].as_array().unwrap().clone();
         both.extend(change["nftables"].as_array().unwrap().iter().cloned());
         check(json!({ "nftables": both }).to_string())

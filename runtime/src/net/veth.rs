@@ -93,6 +93,20 @@ pub async fn attach(host: &Handle, bridge: u32, pod: &PodInterface) -> Result<()
         .execute()
         .await
         .map_err(NetError::netlink(format!("bringing {} up", pod.host_name)))?;
+    // Hairpin: a pod reaching itself through a Service goes out the port
+    // it came in by (with br_netfilter, the DNATed frame is bridged back).
+    host.link()
+        .set_port(
+            rtnetlink::LinkBridgePort::new(host_index)
+                .hairpin(true)
+                .build(),
+        )
+        .execute()
+        .await
+        .map_err(NetError::netlink(format!(
+            "setting hairpin mode on {}",
+            pod.host_name
+        )))?;
 
     let eth0 = netlink::link_by_name(&inside, POD_IFNAME)
         .await?
