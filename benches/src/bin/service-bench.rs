@@ -654,14 +654,21 @@ async fn measure(args: &Args, mode: &Mode, target: SocketAddr) -> Load {
     .await
 }
 
-/// Every `addr` of a `dnat` statement in `v`.
+/// Every address a `dnat` statement in `v` translates to: its `addr`, or
+/// the addresses of the map it draws from (`address . port` elements).
 fn dnat_addresses(v: &Value, out: &mut Vec<String>) {
+    fn addresses_in(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::String(s) if s.parse::<Ipv4Addr>().is_ok() => out.push(s.clone()),
+            Value::Object(map) => map.values().for_each(|v| addresses_in(v, out)),
+            Value::Array(items) => items.iter().for_each(|v| addresses_in(v, out)),
+            _ => {}
+        }
+    }
     match v {
         Value::Object(map) => {
             if let Some(addr) = map.get("dnat").and_then(|d| d.get("addr")) {
-                if let Some(a) = addr.as_str() {
-                    out.push(a.to_string());
-                }
+                addresses_in(addr, out);
             }
             map.values().for_each(|v| dnat_addresses(v, out));
         }
@@ -683,7 +690,12 @@ struct TableCheck {
 fn check_table(table: &str, name: &str, present: Ipv4Addr, gone: Ipv4Addr) -> Result<TableCheck> {
     let listing: Value = serde_json::from_str(&run("nft", &["-j", "list", "table", "ip", table])?)
         .context("parsing `nft -j list table`")?;
-    let prefix = format!("ep-{NAMESPACE}/{name}/");
+    // The Service's own chain (endpoints in a dnat map) and, with session
+    // affinity, its endpoints' chains.
+    let prefixes = [
+        format!("svc-{NAMESPACE}/{name}/"),
+        format!("ep-{NAMESPACE}/{name}/"),
+    ];
     let mut check = TableCheck {
         chains: 0,
         rules: 0,
@@ -706,7 +718,7 @@ fn check_table(table: &str, name: &str, present: Ipv4Addr, gone: Ipv4Addr) -> Re
         check.rules += 1;
         if !rule["chain"]
             .as_str()
-            .is_some_and(|c| c.starts_with(&prefix))
+            .is_some_and(|c| prefixes.iter().any(|p| c.starts_with(p.as_str())))
         {
             continue;
         }

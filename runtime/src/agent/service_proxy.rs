@@ -202,7 +202,8 @@ impl ServiceProxy {
             _ = stop.cancelled() => return,
             _ = async { services.wait_until_ready().await; slices.wait_until_ready().await } => {}
         }
-        let mut applied: Option<ProxyRules> = None;
+        // What the kernel holds (`None`: unknown, rebuild the table).
+        let mut kernel: Option<ProxyRules> = None;
         let mut tick = tokio::time::interval(self.config.resync);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
@@ -212,13 +213,13 @@ impl ServiceProxy {
                 .services
                 .revision()
                 .max(self.caches.slices.revision());
-            let next = desired(
-                &self.caches,
-                &self.config.table,
-                self.cluster.borrow().clone(),
-            );
-            applied = self.sync(applied, next).await;
-            if applied.is_some() {
+            let changed = self.caches.take_changed();
+            let cluster = self.cluster.borrow().clone();
+            kernel = match kernel.take() {
+                Some(rules) if rules.cluster == cluster => self.update(rules, &changed).await,
+                _ => self.rebuild(cluster).await,
+            };
+            if kernel.is_some() {
                 self.applied_revision.send_if_modified(|r| {
                     let newer = revision > *r;
                     *r = (*r).max(revision);
@@ -231,13 +232,15 @@ impl ServiceProxy {
                 _ = self.caches.changed.notified() => {}
                 _ = self.cluster.changed() => {}
                 _ = tick.tick() => check = true,
+                // A failed build is tried again soon, changes or not.
+                _ = tokio::time::sleep(Duration::from_secs(1)), if kernel.is_none() => {}
             }
-            if check && applied.is_some() {
+            if check && kernel.is_some() {
                 match nft::table_exists(&self.config.table).await {
                     Ok(true) => {}
                     Ok(false) => {
                         tracing::warn!(table = %self.config.table, "service table gone; rebuilding it");
-                        applied = None;
+                        kernel = None;
                     }
                     Err(e) => tracing::warn!(error = %e, "listing the service table"),
                 }
@@ -249,39 +252,66 @@ impl ServiceProxy {
         }
     }
 
-    /// Brings the kernel from `applied` (`None`: unknown, rebuild whole)
-    /// to `next`; returns what the kernel holds now (`None` if unknown).
-    async fn sync(&self, applied: Option<ProxyRules>, next: ProxyRules) -> Option<ProxyRules> {
+    /// Rebuilds the table whole from the caches; what the kernel holds
+    /// then (`None` if the rebuild failed).
+    async fn rebuild(&self, cluster: Vec<Cidr>) -> Option<ProxyRules> {
         let started = Instant::now();
-        let (transaction, full) = match &applied {
-            Some(before) => match before.changes(&next) {
-                Some(t) => (t, false),
-                None => return applied,
-            },
-            None => (next.full(), true),
-        };
-        let span = tracing::debug_span!("service_proxy_sync", table = %self.config.table, full, services = next.services.len());
+        let rules = desired(&self.caches, &self.config.table, cluster);
+        let span = tracing::debug_span!("service_proxy_sync", table = %self.config.table, full = true, services = rules.services.len());
         let _enter = span.enter();
-        match ProxyRules::apply(&self.config.table, &transaction).await {
+        match ProxyRules::apply(&self.config.table, &rules.full()).await {
             Ok(()) => {
                 tracing::debug!(
                     elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
-                    "service rules applied"
+                    "service table built"
                 );
-                Some(next)
-            }
-            Err(e) if !full => {
-                tracing::warn!(error = %e, "service rules update failed; rebuilding the table");
-                match ProxyRules::apply(&self.config.table, &next.full()).await {
-                    Ok(()) => Some(next),
-                    Err(e) => {
-                        tracing::error!(error = %e, "service table not rebuilt");
-                        None
-                    }
-                }
+                Some(rules)
             }
             Err(e) => {
                 tracing::error!(error = %e, "service table not built");
+                None
+            }
+        }
+    }
+
+    /// Applies the change of the Services `changed` (`namespace/name`) to
+    /// the kernel holding `rules`; what it holds then (`None`: unknown,
+    /// the next pass rebuilds).
+    async fn update(
+        &self,
+        mut rules: ProxyRules,
+        changed: &BTreeSet<String>,
+    ) -> Option<ProxyRules> {
+        if changed.is_empty() {
+            return Some(rules);
+        }
+        let started = Instant::now();
+        let mut before = Vec::new();
+        for key in changed {
+            let (namespace, name) = key.split_once('/').unwrap_or(("default", key));
+            let ports = match self.caches.services.get(key) {
+                Some(service) => service_ports(&service, &self.caches.slices_of(namespace, name)),
+                None => Vec::new(),
+            };
+            before.extend(rules.replace_service(key, ports));
+        }
+        let Some(transaction) = rules.changes_since(&before, changed) else {
+            return Some(rules);
+        };
+        let span = tracing::debug_span!("service_proxy_sync", table = %self.config.table, full = false, services = changed.len());
+        let _enter = span.enter();
+        let computed = started.elapsed();
+        match ProxyRules::apply(&self.config.table, &transaction).await {
+            Ok(()) => {
+                tracing::debug!(
+                    compute_ms = computed.as_secs_f64() * 1e3,
+                    elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+                    "service rules applied"
+                );
+                Some(rules)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "service rules update failed; rebuilding the table");
                 None
             }
         }

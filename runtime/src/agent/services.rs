@@ -28,24 +28,45 @@ pub struct ServiceCaches {
     pub slices: Cache<EndpointSlice>,
     /// Notified on every change of either.
     pub changed: Arc<Notify>,
+    /// The Services (`namespace/name`) whose object or slices changed
+    /// since the service proxy last took them.
+    dirty: Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
 }
 
 impl ServiceCaches {
     /// Starts the two informers (until `stop`).
     pub fn start(client: &Client, stop: &CancellationToken) -> ServiceCaches {
         let changed = Arc::new(Notify::new());
-        let wake = changed.clone();
-        let services = Informer::<Service>::new(client.clone())
-            .start(stop.clone(), move |_: &Service| wake.notify_one());
-        let wake = changed.clone();
+        let dirty: Arc<std::sync::Mutex<std::collections::BTreeSet<String>>> = Arc::default();
+        let (wake, marks) = (changed.clone(), dirty.clone());
+        let services = Informer::<Service>::new(client.clone()).start(
+            stop.clone(),
+            move |service: &Service| {
+                let ns = service.metadata.namespace.as_deref().unwrap_or("default");
+                let name = service.metadata.name.as_deref().unwrap_or_default();
+                lock(&marks).insert(format!("{ns}/{name}"));
+                wake.notify_one();
+            },
+        );
+        let (wake, marks) = (changed.clone(), dirty.clone());
         let slices = Informer::<EndpointSlice>::new(client.clone())
             .index(BY_SERVICE, slice_service)
-            .start(stop.clone(), move |_: &EndpointSlice| wake.notify_one());
+            .start(stop.clone(), move |slice: &EndpointSlice| {
+                lock(&marks).extend(slice_service(slice));
+                wake.notify_one();
+            });
         ServiceCaches {
             services,
             slices,
             changed,
+            dirty,
         }
+    }
+
+    /// Takes the Services (`namespace/name`) that changed since the last
+    /// call (their object or one of their slices).
+    pub fn take_changed(&self) -> std::collections::BTreeSet<String> {
+        std::mem::take(&mut *lock(&self.dirty))
     }
 
     /// The EndpointSlices of Service `namespace/name`.
@@ -53,6 +74,10 @@ impl ServiceCaches {
         self.slices
             .by_index(BY_SERVICE, &format!("{namespace}/{name}"))
     }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The `namespace/name` of the Service an EndpointSlice belongs to.

@@ -24,6 +24,21 @@ pub fn parse_pod_cidr(text: &str) -> Result<Cidr, NetError> {
     Ok(cidr)
 }
 
+/// `ranges` sorted, without duplicates and without ranges another one
+/// contains (nft refuses overlapping intervals in a set).
+pub fn outermost(ranges: &[Cidr]) -> Vec<Cidr> {
+    let mut all = ranges.to_vec();
+    all.sort_by_key(|c| (c.prefix, c.base));
+    let mut kept: Vec<Cidr> = Vec::new();
+    for c in all {
+        if !kept.iter().any(|k| k.contains(&c)) {
+            kept.push(c);
+        }
+    }
+    kept.sort();
+    kept
+}
+
 /// The range's network address.
 pub fn network(cidr: &Cidr) -> Ipv4Addr {
     Ipv4Addr::from(cidr.base)

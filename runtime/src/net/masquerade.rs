@@ -59,17 +59,9 @@ impl Masquerade {
     /// ranges that another one contains (nft refuses overlapping
     /// intervals in a set).
     pub fn exempt(&self) -> Vec<Cidr> {
-        let mut all: Vec<Cidr> = self.cluster.clone();
+        let mut all = self.cluster.clone();
         all.push(self.pod_cidr);
-        all.sort_by_key(|c| (c.prefix, c.base));
-        let mut kept: Vec<Cidr> = Vec::new();
-        for c in all {
-            if !kept.iter().any(|k| k.contains(&c)) {
-                kept.push(c);
-            }
-        }
-        kept.sort();
-        kept
+        cidr::outermost(&all)
     }
 
     /// The `nft` transaction that rebuilds the table.

@@ -16,7 +16,7 @@
 //!         fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @service-nodeports
 //!     }
 //!     chain svc-NS/NAME/tcp/PORT {               # one per Service port
-//!         ip saddr != { cluster CIDRs } jump mark-for-masquerade
+//!         ip saddr != @cluster-cidrs jump mark-for-masquerade
 //!         meta l4proto tcp dnat ip to numgen random mod 3 map { 0 : 10.244.1.5 . 8080, 1 : ..., 2 : ... }
 //!     }
 //!     chain ext-NS/NAME/tcp/PORT { jump mark-for-masquerade; goto svc-... }   # its NodePort
@@ -41,8 +41,8 @@
 //! NodePorts) is masqueraded so replies come back through this node.
 //!
 //! [`ProxyRules::full`] rebuilds the table in one `nft` transaction;
-//! [`ProxyRules::changes`] turns the difference between two states into
-//! one transaction touching only the Service ports that changed: their map
+//! [`ProxyRules::changes_since`] turns a change of some Services into one
+//! transaction touching only their Service ports: their map
 //! elements, their chains, and the chains and affinity sets of endpoints
 //! that came or went, and the `hairpin` elements of addresses that came or
 //! went. Endpoints that stay keep their chains and affinity sets, and
@@ -309,6 +309,13 @@ impl ProxyRules {
             "set",
             json!({"name": "hairpin", "type": ["ipv4_addr", "ipv4_addr"]}),
         );
+        let inside: Vec<Value> = cidr::outermost(&self.cluster).iter().map(prefix).collect();
+        let mut cluster_set =
+            json!({"name": "cluster-cidrs", "type": "ipv4_addr", "flags": ["interval"]});
+        if !inside.is_empty() {
+            cluster_set["elem"] = json!(inside);
+        }
+        tx.push("add", "set", cluster_set);
         // A pod reaching itself through a Service: masqueraded, or it
         // would get its own packets from itself.
         tx.rule(
@@ -377,47 +384,90 @@ impl ProxyRules {
         for service in self.services.values() {
             self.add_service(&mut tx, service, &BTreeSet::new(), false);
         }
-        for ip in self.endpoint_ips() {
+        let ips: BTreeSet<Ipv4Addr> = self
+            .services
+            .values()
+            .flat_map(|s| s.endpoints.iter().map(|e| *e.ip()))
+            .collect();
+        for ip in ips {
             tx.element("add", "hairpin", hairpin_key(ip));
         }
         tx.into_payload()
     }
 
-    /// The transaction that turns the table of `self` into the one of
-    /// `next` (same table name), touching only the Service ports that
-    /// changed; `None` if nothing did. A change of the cluster CIDRs
-    /// rewrites every Service's chain.
-    pub fn changes(&self, next: &ProxyRules) -> Option<String> {
-        let mut tx = Tx::new(&next.table);
-        let all_changed = self.cluster != next.cluster;
-        for (id, old) in &self.services {
-            match next.services.get(id) {
-                None => self.remove_service(&mut tx, old),
-                Some(new) if new != old || all_changed => next.update_service(&mut tx, old, new),
+    /// Replaces the ports of Service `key` (`namespace/name`) with `ports`;
+    /// returns those it had.
+    pub fn replace_service(&mut self, key: &str, ports: Vec<ServicePort>) -> Vec<ServicePort> {
+        let prefix = format!("{key}/");
+        let ids: Vec<String> = self
+            .services
+            .range(prefix.clone()..)
+            .take_while(|(id, _)| id.starts_with(&prefix))
+            .map(|(id, _)| id.clone())
+            .collect();
+        let before = ids
+            .iter()
+            .filter_map(|id| self.services.remove(id))
+            .collect();
+        for port in ports {
+            self.services.insert(port.id.clone(), port);
+        }
+        before
+    }
+
+    /// The transaction for a change of the Services `keys` only: `before`
+    /// are the ports they had (what [`replace_service`](Self::replace_service)
+    /// returned), `self` holds their new ones. `None` if nothing changed.
+    pub fn changes_since(&self, before: &[ServicePort], keys: &BTreeSet<String>) -> Option<String> {
+        let old: BTreeMap<&str, &ServicePort> = before.iter().map(|p| (p.id.as_str(), p)).collect();
+        let mut new: BTreeMap<&str, &ServicePort> = BTreeMap::new();
+        for key in keys {
+            let prefix = format!("{key}/");
+            for (id, port) in self
+                .services
+                .range(prefix.clone()..)
+                .take_while(|(id, _)| id.starts_with(&prefix))
+            {
+                new.insert(id.as_str(), port);
+            }
+        }
+        let mut tx = Tx::new(&self.table);
+        for (id, was) in &old {
+            match new.get(id) {
+                None => self.remove_service(&mut tx, was),
+                Some(now) if now != was => self.update_service(&mut tx, was, now),
                 Some(_) => {}
             }
         }
-        for (id, new) in &next.services {
-            if !self.services.contains_key(id) {
-                next.add_service(&mut tx, new, &BTreeSet::new(), false);
+        for (id, now) in &new {
+            if !old.contains_key(id) {
+                self.add_service(&mut tx, now, &BTreeSet::new(), false);
             }
         }
-        let (before, after) = (self.endpoint_ips(), next.endpoint_ips());
-        for gone in before.difference(&after) {
-            tx.element("delete", "hairpin", hairpin_key(*gone));
+        // Hairpin elements: an address stays while any Service uses it.
+        let ips = |ports: &mut dyn Iterator<Item = &&ServicePort>| -> BTreeSet<Ipv4Addr> {
+            ports
+                .flat_map(|p| p.endpoints.iter().map(|e| *e.ip()))
+                .collect()
+        };
+        let (old_ips, new_ips) = (ips(&mut old.values()), ips(&mut new.values()));
+        let elsewhere = |ip: &Ipv4Addr| {
+            self.services
+                .iter()
+                .filter(|(id, _)| !new.contains_key(id.as_str()))
+                .any(|(_, p)| p.endpoints.iter().any(|e| e.ip() == ip))
+        };
+        for gone in old_ips.difference(&new_ips) {
+            if !elsewhere(gone) {
+                tx.element("delete", "hairpin", hairpin_key(*gone));
+            }
         }
-        for came in after.difference(&before) {
-            tx.element("add", "hairpin", hairpin_key(*came));
+        for came in new_ips.difference(&old_ips) {
+            if !elsewhere(came) {
+                tx.element("add", "hairpin", hairpin_key(*came));
+            }
         }
         (!tx.commands.is_empty()).then(|| tx.into_payload())
-    }
-
-    /// Every endpoint address (an element `ip . ip` of set `hairpin`).
-    fn endpoint_ips(&self) -> BTreeSet<Ipv4Addr> {
-        self.services
-            .values()
-            .flat_map(|s| s.endpoints.iter().map(|e| *e.ip()))
-            .collect()
     }
 
     /// Map elements of a Service port: where its ClusterIP and NodePort
@@ -491,16 +541,15 @@ impl ProxyRules {
         if !existing {
             tx.chain(&svc);
         }
-        if !self.cluster.is_empty() {
-            let inside: Vec<Value> = self.cluster.iter().map(prefix).collect();
-            tx.rule(
-                &svc,
-                vec![
-                    matches("!=", payload("ip", "saddr"), json!({"set": inside})),
-                    jump("mark-for-masquerade"),
-                ],
-            );
-        }
+        // One named set, not an anonymous one per chain: nft's cost per
+        // transaction grows with the sets of the table.
+        tx.rule(
+            &svc,
+            vec![
+                matches("!=", payload("ip", "saddr"), json!("@cluster-cidrs")),
+                jump("mark-for-masquerade"),
+            ],
+        );
         if service.affinity_timeout.is_some() {
             for endpoint in &service.endpoints {
                 tx.rule(
@@ -602,7 +651,7 @@ impl ProxyRules {
     }
 
     /// Applies a transaction made by [`ProxyRules::full`] or
-    /// [`ProxyRules::changes`].
+    /// [`ProxyRules::changes_since`].
     pub async fn apply(table: &str, transaction: &str) -> Result<(), NetError> {
         helper::apply_ruleset_raw_async(
             transaction,
@@ -650,15 +699,22 @@ mod tests {
             "ns/b/tcp/80".into(),
             port("ns/b/tcp/80", [10, 96, 0, 11], &[([10, 244, 0, 6], 8080)]),
         );
-        assert_eq!(a.changes(&a.clone()), None);
+        let keys = |k: &str| BTreeSet::from([k.to_string()]);
+        let mut same = a.clone();
+        let before = same.replace_service("ns/a", vec![a.services["ns/a/tcp/80"].clone()]);
+        assert_eq!(same.changes_since(&before, &keys("ns/a")), None);
 
+        // Endpoint 10.244.1.7 of ns/a goes away.
         let mut b = a.clone();
         b.services
             .get_mut("ns/a/tcp/80")
             .unwrap()
             .endpoints
             .push(SocketAddrV4::new(Ipv4Addr::new(10, 244, 1, 7), 8080));
-        let tx = b.changes(&a).expect("a removed endpoint changes the rules");
+        let before = b.replace_service("ns/a", vec![a.services["ns/a/tcp/80"].clone()]);
+        let tx = b
+            .changes_since(&before, &keys("ns/a"))
+            .expect("a removed endpoint changes the rules");
         let text = tx.to_string();
         assert!(!text.contains("ns/b/"), "{text}");
         // The address that went leaves the hairpin set; no other Service
@@ -719,14 +775,17 @@ mod tests {
         };
         check(before.full()).await.expect("the full table is valid");
         let mut after = before.clone();
-        let moved = after.services.get_mut("ns/a/tcp/http").unwrap();
+        let mut moved = after.services["ns/a/tcp/http"].clone();
         moved.endpoints.remove(0);
         moved.node_port = None;
-        after.services.remove("ns/b/udp/53");
+        let mut old = after.replace_service("ns/a", vec![moved]);
+        old.extend(after.replace_service("ns/b", vec![]));
+        let keys = BTreeSet::from(["ns/a".to_string(), "ns/b".to_string()]);
         // A change is checked against the table it applies to: build the
         // table and apply the change in one checked transaction.
         let full: Value = serde_json::from_str(&before.full()).unwrap();
-        let change: Value = serde_json::from_str(&before.changes(&after).unwrap()).unwrap();
+        let change: Value =
+            serde_json::from_str(&after.changes_since(&old, &keys).unwrap()).unwrap();
         let gone_chain = change["nftables"]
             .as_array()
             .unwrap()
