@@ -626,6 +626,29 @@ async fn services_balance_across_two_nodes_in_their_own_network_namespaces() {
             assert_eq!(body.trim(), expected, "{path} on {address}");
         }
     }
+    // Both nodes publish their address in the Ingress' status.
+    let addresses = wait_until(
+        "both nodes in the Ingress' status",
+        Duration::from_secs(30),
+        || async {
+            let out = cluster
+                .api
+                .jsonpath(
+                    "ingress",
+                    "routes",
+                    "default",
+                    "{.status.loadBalancer.ingress[*].ip}",
+                )
+                .await;
+            let all = cluster
+                .nodes
+                .iter()
+                .all(|(_, _, ip)| out.split(' ').any(|a| a == ip.to_string()));
+            all.then_some(out)
+        },
+    )
+    .await;
+    println!("Ingress routes ADDRESS: {addresses}");
     let (status, body) = http_get_path(SocketAddr::from((cluster.nodes[0].2, 80)), "/nope")
         .await
         .expect("the Ingress proxy answers");

@@ -267,7 +267,7 @@ impl Agent {
             client.clone(),
             config.clone(),
             facts,
-            address,
+            address.clone(),
             node_uid,
             stop.clone(),
         ));
@@ -297,6 +297,7 @@ impl Agent {
                     listen,
                     client.clone(),
                     config.node_name.clone(),
+                    address.clone(),
                     caches,
                     stop.clone(),
                 ));
