@@ -15,7 +15,6 @@ use orch_runtime::net::masquerade::{self, Masquerade};
 use orch_runtime::net::routes::{self, PeerRoutes, RouteSet};
 use orch_runtime::net::veth::{self, PodInterface};
 use orch_runtime::net::{bridge, netlink, nft, sysctl, Cidr};
-use rtnetlink::{LinkMessageBuilder, LinkUnspec, LinkVeth};
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -146,63 +145,8 @@ fn fetch(addr: SocketAddr) -> std::io::Result<String> {
     Ok(answer)
 }
 
-/// Makes a link from the host to `outside`: a veth pair whose host end
-/// `name` has `host_ip/24` and whose other end is `eth0` in `outside` with
-/// `peer_ip/24`.
-async fn outside_link(
-    host: &rtnetlink::Handle,
-    name: &str,
-    outside: &Netns,
-    host_ip: Ipv4Addr,
-    peer_ip: Ipv4Addr,
-) {
-    let fd = std::fs::File::open(&outside.path).unwrap();
-    let peer = LinkUnspec::new_with_name("eth0")
-        .setns_by_fd(std::os::fd::AsRawFd::as_raw_fd(&fd))
-        .build();
-    host.link()
-        .add(
-            LinkMessageBuilder::<LinkVeth>::new(name, "eth0")
-                .set_info_data(rtnetlink::packet_route::link::InfoData::Veth(
-                    rtnetlink::packet_route::link::InfoVeth::Peer(peer),
-                ))
-                .up()
-                .build(),
-        )
-        .execute()
-        .await
-        .unwrap();
-    let index = netlink::link_by_name(host, name)
-        .await
-        .unwrap()
-        .unwrap()
-        .header
-        .index;
-    host.address()
-        .add(index, host_ip.into(), 24)
-        .execute()
-        .await
-        .unwrap();
-    let inside = netlink::connect_in(&outside.path).await.unwrap();
-    let eth0 = netlink::link_by_name(&inside, "eth0")
-        .await
-        .unwrap()
-        .unwrap()
-        .header
-        .index;
-    inside
-        .link()
-        .set(LinkUnspec::new_with_index(eth0).up().build())
-        .execute()
-        .await
-        .unwrap();
-    inside
-        .address()
-        .add(eth0, peer_ip.into(), 24)
-        .execute()
-        .await
-        .unwrap();
-}
+#[path = "../../tests/src/veth_link.rs"]
+mod veth_link;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_namespace_gets_a_veth_an_address_and_a_default_route() {
@@ -303,10 +247,10 @@ async fn traffic_leaving_the_cluster_is_masqueraded() {
     .unwrap();
     // Something outside the cluster, behind the host.
     let outside = Netns::new();
-    outside_link(
+    veth_link::link_to_namespace(
         &host,
         &out,
-        &outside,
+        &outside.path,
         Ipv4Addr::new(198, 18, 232, 1),
         Ipv4Addr::new(198, 18, 232, 2),
     )
@@ -352,10 +296,10 @@ async fn peer_routes_are_replaced_and_removed_after_a_restart() {
     let _links = LinkGuard(vec![link.clone()]);
     let host = netlink::connect().unwrap();
     let peers = Netns::new();
-    outside_link(
+    veth_link::link_to_namespace(
         &host,
         &link,
-        &peers,
+        &peers.path,
         Ipv4Addr::new(198, 18, 233, 1),
         Ipv4Addr::new(198, 18, 233, 2),
     )

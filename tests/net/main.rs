@@ -23,7 +23,6 @@ use orch_runtime::net::{masquerade, netlink, nft, routes, service_rules, veth, C
 use orch_tests::agent::TestNode;
 use orch_tests::api::TestApi;
 use orch_tests::wait_until;
-use rtnetlink::{LinkMessageBuilder, LinkUnspec, LinkVeth};
 use serde_json::Value;
 
 /// The token the agents' API requires of the API server (exec).
@@ -458,52 +457,7 @@ impl Outside {
     /// on the host, `eth0` with `peer_ip/24` inside.
     async fn link(&self, name: &str, host_ip: Ipv4Addr, peer_ip: Ipv4Addr) {
         let host = netlink::connect().unwrap();
-        let fd = std::fs::File::open(&self.path).unwrap();
-        let peer = LinkUnspec::new_with_name("eth0")
-            .setns_by_fd(std::os::fd::AsRawFd::as_raw_fd(&fd))
-            .build();
-        host.link()
-            .add(
-                LinkMessageBuilder::<LinkVeth>::new(name, "eth0")
-                    .set_info_data(rtnetlink::packet_route::link::InfoData::Veth(
-                        rtnetlink::packet_route::link::InfoVeth::Peer(peer),
-                    ))
-                    .up()
-                    .build(),
-            )
-            .execute()
-            .await
-            .unwrap();
-        let index = netlink::link_by_name(&host, name)
-            .await
-            .unwrap()
-            .unwrap()
-            .header
-            .index;
-        host.address()
-            .add(index, host_ip.into(), 24)
-            .execute()
-            .await
-            .unwrap();
-        let inside = netlink::connect_in(&self.path).await.unwrap();
-        let eth0 = netlink::link_by_name(&inside, "eth0")
-            .await
-            .unwrap()
-            .unwrap()
-            .header
-            .index;
-        inside
-            .link()
-            .set(LinkUnspec::new_with_index(eth0).up().build())
-            .execute()
-            .await
-            .unwrap();
-        inside
-            .address()
-            .add(eth0, peer_ip.into(), 24)
-            .execute()
-            .await
-            .unwrap();
+        orch_tests::veth_link::link_to_namespace(&host, name, &self.path, host_ip, peer_ip).await;
     }
 }
 

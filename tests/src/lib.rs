@@ -10,6 +10,7 @@ pub mod loops;
 pub mod orchd;
 pub mod registry;
 pub mod store;
+pub mod veth_link;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
