@@ -91,11 +91,11 @@ pub async fn handle(
         }
         (&Method::POST, ["secrets", "rotate-key"]) => {
             let report = server.registry().rotate_secret_key().await?;
-            Ok(json_response(
-                StatusCode::OK,
-                &json!({"kind": "KeyRotation", "apiVersion": "orch/v1", "primary": report.primary,
-                        "rewritten": report.rewritten, "dropped": report.dropped, "keys": report.keys}),
-            ))
+            let mut body = serde_json::to_value(&report)
+                .map_err(|e| ApiError::internal(format!("encoding the rotation report: {e}")))?;
+            body["kind"] = json!("KeyRotation");
+            body["apiVersion"] = json!("orch/v1");
+            Ok(json_response(StatusCode::OK, &body))
         }
         (&Method::DELETE, ["members", id]) => {
             let id: NodeId = id
