@@ -56,6 +56,7 @@ impl HttpTransport {
         path: &str,
         content_type: &str,
         body: Vec<u8>,
+        user_agent: &str,
     ) -> Result<hyper::Response<hyper::body::Incoming>, ApiError> {
         use std::sync::atomic::Ordering;
         let first = self.current.load(Ordering::Relaxed);
@@ -66,7 +67,8 @@ impl HttpTransport {
             let mut request = hyper::Request::builder()
                 .method(method.clone())
                 .uri(format!("{base}{path}"))
-                .header("content-type", content_type);
+                .header("content-type", content_type)
+                .header("user-agent", user_agent);
             if let Some(token) = &self.token {
                 request = request.header("authorization", format!("Bearer {token}"));
             }
@@ -106,6 +108,9 @@ impl HttpTransport {
 #[derive(Clone)]
 pub struct Client {
     transport: Arc<Transport>,
+    /// Sent as `User-Agent`; its product names this client as the field
+    /// manager of its writes.
+    user_agent: Arc<str>,
 }
 
 fn reason_of(reason: &str) -> &'static str {
@@ -227,7 +232,15 @@ impl Client {
     pub fn in_process(server: Arc<ApiServer>) -> Self {
         Client {
             transport: Arc::new(Transport::InProcess(server)),
+            user_agent: Arc::from("orch-control-plane"),
         }
+    }
+
+    /// The same client, sending `user_agent` (`product/version ...`): the
+    /// product names it as the field manager of what it writes.
+    pub fn with_user_agent(mut self, user_agent: &str) -> Self {
+        self.user_agent = Arc::from(user_agent);
+        self
     }
 
     /// A client of the API at `addr` (`host:port`, plain HTTP), without
@@ -289,6 +302,7 @@ impl Client {
                 token,
                 http,
             })),
+            user_agent: Arc::from(concat!("orch/", env!("CARGO_PKG_VERSION"))),
         }
     }
 
@@ -321,6 +335,7 @@ impl Client {
                     .method(method)
                     .uri(path)
                     .header("content-type", content_type)
+                    .header("user-agent", &*self.user_agent)
                     .body(())
                     .map_err(|e| ApiError::bad_request(e.to_string()))?
                     .into_parts();
@@ -334,7 +349,9 @@ impl Client {
                 Ok(body)
             }
             Transport::Http(http) => {
-                let response = http.request(method, path, content_type, body).await?;
+                let response = http
+                    .request(method, path, content_type, body, &self.user_agent)
+                    .await?;
                 let status = response.status().as_u16();
                 let body = response
                     .into_body()

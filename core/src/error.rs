@@ -191,10 +191,18 @@ impl ApiError {
                 details["name"] = json!(name);
             }
             if !self.causes.is_empty() {
+                // A 409 with causes is a server-side apply conflict.
+                let cause_reason = if self.reason == "Conflict" {
+                    "FieldManagerConflict"
+                } else {
+                    "FieldValueInvalid"
+                };
                 details["causes"] = self
                     .causes
                     .iter()
-                    .map(|c| json!({"reason": "FieldValueInvalid", "message": c.message, "field": c.field}))
+                    .map(
+                        |c| json!({"reason": cause_reason, "message": c.message, "field": c.field}),
+                    )
                     .collect();
             }
             status["details"] = details;

@@ -19,6 +19,7 @@ pub mod encryption;
 pub mod error;
 pub mod heartbeat;
 pub mod hollow;
+pub mod managed_fields;
 pub mod node_ports;
 pub mod object;
 pub mod patch;

@@ -220,7 +220,6 @@ pub fn prepare_create(resource: &Resource, object: &mut Value, url_namespace: Op
         m.remove("resourceVersion");
         m.remove("deletionTimestamp");
         m.remove("deletionGracePeriodSeconds");
-        m.remove("managedFields");
         m.remove("selfLink");
     }
     crate::defaults::apply(resource, object);
@@ -261,9 +260,15 @@ pub fn prepare_update(resource: &Resource, old: &Value, new: &mut Value) {
     } else {
         generation
     });
+    // Field ownership stays with the object unless the writer replaced it
+    // (see `managed_fields::record_update`).
+    if new["metadata"].get("managedFields").is_none() {
+        if let Some(managed) = old["metadata"].get("managedFields") {
+            new["metadata"]["managedFields"] = managed.clone();
+        }
+    }
     if let Some(m) = new["metadata"].as_object_mut() {
         m.remove("resourceVersion");
-        m.remove("managedFields");
     }
 }
 

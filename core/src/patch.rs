@@ -56,20 +56,27 @@ pub fn apply(kind: PatchType, target: &mut Value, patch: &[u8]) -> Result<(), Ap
             Ok(())
         }
         PatchType::Apply => {
-            // Server-side apply: the applied configuration's fields win;
-            // lists merge by key as in strategic merge.
-            let patch: Value = serde_json::from_slice(patch)
-                .or_else(|_| serde_yaml_ng::from_slice(patch))
-                .map_err(|e| ApiError::bad_request(format!("invalid apply configuration: {e}")))?;
-            if !patch.is_object() {
-                return Err(ApiError::bad_request(
-                    "the apply configuration must be an object",
-                ));
-            }
-            strategic_merge(target, &patch);
+            // The merge of server-side apply, without field ownership (see
+            // `managed_fields::apply` for the whole of it): the applied
+            // configuration's fields win; lists merge by key.
+            let config = parse_apply_config(patch)?;
+            strategic_merge(target, &config);
             Ok(())
         }
     }
+}
+
+/// Reads a server-side apply configuration: a JSON or YAML object.
+pub fn parse_apply_config(body: &[u8]) -> Result<Value, ApiError> {
+    let config: Value = serde_json::from_slice(body)
+        .or_else(|_| serde_yaml_ng::from_slice(body))
+        .map_err(|e| ApiError::bad_request(format!("invalid apply configuration: {e}")))?;
+    if !config.is_object() {
+        return Err(ApiError::bad_request(
+            "the apply configuration must be an object",
+        ));
+    }
+    Ok(config)
 }
 
 fn parse_object(patch: &[u8]) -> Result<Value, ApiError> {
@@ -83,7 +90,7 @@ fn parse_object(patch: &[u8]) -> Result<Value, ApiError> {
 
 /// The merge key of the list field `field`, judged by the field name and by
 /// the shape of its items (the `ports` of a container and of a service differ).
-fn merge_key(field: &str, sample: Option<&Value>) -> Option<&'static str> {
+pub(crate) fn merge_key(field: &str, sample: Option<&Value>) -> Option<&'static str> {
     match field {
         "containers"
         | "initContainers"
@@ -106,7 +113,7 @@ fn merge_key(field: &str, sample: Option<&Value>) -> Option<&'static str> {
 }
 
 /// Fields whose lists of plain values merge as sets.
-fn is_set_list(field: &str) -> bool {
+pub(crate) fn is_set_list(field: &str) -> bool {
     matches!(field, "finalizers")
 }
 

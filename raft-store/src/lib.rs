@@ -15,6 +15,7 @@ pub mod codec;
 pub mod command;
 pub mod config;
 pub mod error;
+mod failover;
 mod handover;
 pub mod kv;
 mod lease;

@@ -65,6 +65,9 @@ pub(crate) struct NodeInner {
     pub(crate) leases: LeaseDeadlines,
     /// Since when this member leads (term and instant), as first seen.
     pub(crate) leading_since: Mutex<Option<(u64, std::time::Instant)>>,
+    /// When the leader last reached this member (an append or heartbeat
+    /// it accepted).
+    leader_contact: Mutex<Option<std::time::Instant>>,
     proposals: mpsc::Sender<proposer::Proposal>,
     reads: mpsc::Sender<oneshot::Sender<Result<u64>>>,
     pub(crate) shutdown: watch::Sender<bool>,
@@ -162,6 +165,7 @@ impl StoreNode {
                 transport,
                 leases: LeaseDeadlines::default(),
                 leading_since: Mutex::new(None),
+                leader_contact: Mutex::new(None),
                 proposals: proposals_tx,
                 reads: reads_tx,
                 shutdown,
@@ -175,6 +179,9 @@ impl StoreNode {
             tokio::spawn(read_index::run(node.clone(), reads_rx)),
             tokio::spawn(crate::lease::run_keeper(node.clone())),
             tokio::spawn(crate::handover::track_leadership(node.clone())),
+            tokio::spawn(crate::failover::campaign_when_leader_is_silent(
+                node.clone(),
+            )),
         ];
         node.inner.tasks.lock().expect("tasks lock").extend(tasks);
         node.bootstrap_if_restored().await?;
@@ -501,6 +508,16 @@ impl StoreNode {
 
     // --- key-value API ---------------------------------------------------------
 
+    /// Notes that the leader just reached this member.
+    pub(crate) fn note_leader_contact(&self) {
+        *self.inner.leader_contact.lock().expect("contact lock") = Some(std::time::Instant::now());
+    }
+
+    /// When the leader last reached this member, if it ever did.
+    pub(crate) fn last_leader_contact(&self) -> Option<std::time::Instant> {
+        *self.inner.leader_contact.lock().expect("contact lock")
+    }
+
     /// This member's view of the cluster.
     pub fn status(&self) -> MemberStatus {
         let metrics = self.inner.raft.metrics();
@@ -519,6 +536,10 @@ impl StoreNode {
             revision: self.inner.hub.revision(),
             compacted: self.inner.mvcc.lock().expect("mvcc lock").compacted,
             applied_index: m.last_applied.map_or(0, |id| id.index),
+            last_log: crate::storage::log_store::last_log_id(&self.inner.db)
+                .ok()
+                .flatten()
+                .map(|id| (id.leader_id.term, id.index)),
             voters: membership
                 .voter_ids()
                 .map(|id| (id, addr_of(&id)))

@@ -452,6 +452,8 @@ pub struct MemberStatus {
     pub compacted: Revision,
     /// Index of the last applied log entry.
     pub applied_index: u64,
+    /// Term and index of the last entry in this member's log.
+    pub last_log: Option<(u64, u64)>,
     /// Voting members and their addresses.
     pub voters: Vec<(NodeId, String)>,
     /// Learners and their addresses.

@@ -10,4 +10,5 @@ mod protobuf;
 mod python_client;
 mod quota_race;
 mod secrets_rotation;
+mod server_side_apply;
 mod service_ips;

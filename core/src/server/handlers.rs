@@ -12,6 +12,7 @@ use super::request::{wants_table, Query};
 use super::route::{parse, Route};
 use super::{discovery, json_response, table, ApiServer, Body};
 use crate::error::ApiError;
+use crate::managed_fields::{self, FieldManager, Operation};
 use crate::object;
 use crate::patch::{self, PatchType};
 use crate::registry::{DeleteOptions, EventType};
@@ -37,6 +38,46 @@ fn validate(resource: &Resource, object: &Value, query: &Query) -> Result<(), Ap
         typed["apiVersion"] = json!(resource.api_version());
     }
     crate::typed::check(resource, &typed, strict)
+}
+
+/// The field manager of a request (its `fieldManager` parameter or its
+/// user agent).
+fn request_manager(
+    parts: &Parts,
+    query: &Query,
+    operation: Operation,
+    subresource: Option<&str>,
+) -> Result<FieldManager, ApiError> {
+    FieldManager::of_request(
+        query.get("fieldManager"),
+        header(parts, "user-agent"),
+        operation,
+        subresource,
+    )
+}
+
+/// Records that `manager` created `object`: it owns every field it sent and
+/// the defaults the server fills in.
+fn record_creator(
+    resource: &Resource,
+    object: &mut Value,
+    manager: &FieldManager,
+) -> Result<(), ApiError> {
+    if !object["metadata"].is_object() {
+        return Ok(());
+    }
+    let mut defaulted = object.clone();
+    crate::defaults::apply(resource, &mut defaulted);
+    managed_fields::record_create(&mut defaulted, manager, &resource.api_version())?;
+    match defaulted["metadata"].get_mut("managedFields") {
+        Some(managed) => object["metadata"]["managedFields"] = managed.take(),
+        None => {
+            if let Some(meta) = object["metadata"].as_object_mut() {
+                meta.remove("managedFields");
+            }
+        }
+    }
+    Ok(())
 }
 
 fn ok(value: &Value) -> Response<Body> {
@@ -166,8 +207,10 @@ async fn collection(
             )))
         }
         Method::POST => {
-            let object = parse_body(&body)?;
+            let mut object = parse_body(&body)?;
             validate(resource, &object, query)?;
+            let manager = request_manager(parts, query, Operation::Update, None)?;
+            record_creator(resource, &mut object, &manager)?;
             let created = registry.create(resource, namespace, object).await?;
             Ok(json_response(StatusCode::CREATED, &created))
         }
@@ -300,18 +343,38 @@ async fn object_verb(
         (&Method::PUT, None) => {
             let object = parse_body(&body)?;
             validate(resource, &object, query)?;
-            Ok(ok(&registry
-                .update(resource, namespace, name, object)
-                .await?))
+            if object::name(&object) != name {
+                return Err(ApiError::bad_request(format!(
+                    "the name of the object ({}) does not match the name on the URL ({name})",
+                    object::name(&object)
+                )));
+            }
+            let manager = request_manager(parts, query, Operation::Update, None)?;
+            let updated = update_with(
+                server,
+                resource,
+                namespace,
+                name,
+                object::resource_version(&object)?,
+                Some(&manager),
+                |current| {
+                    *current = object.clone();
+                    Ok(())
+                },
+            )
+            .await?;
+            Ok(ok(&updated))
         }
         (&Method::PUT, Some("status")) => {
             let incoming = parse_body(&body)?;
+            let manager = request_manager(parts, query, Operation::Update, subresource)?;
             let updated = update_with(
                 server,
                 resource,
                 namespace,
                 name,
                 object::resource_version(&incoming)?,
+                Some(&manager),
                 |current| {
                     current["status"] = incoming["status"].clone();
                     Ok(())
@@ -325,12 +388,14 @@ async fn object_verb(
             let replicas = scale["spec"]["replicas"]
                 .as_i64()
                 .ok_or_else(|| ApiError::bad_request("spec.replicas is required"))?;
+            let manager = request_manager(parts, query, Operation::Update, subresource)?;
             let updated = update_with(
                 server,
                 resource,
                 namespace,
                 name,
                 object::resource_version(&scale)?,
+                Some(&manager),
                 |current| {
                     current["spec"]["replicas"] = json!(replicas);
                     Ok(())
@@ -348,33 +413,69 @@ async fn object_verb(
                     ))
                 })?;
             let sub = subresource.map(String::from);
-            let patched = update_with(server, resource, namespace, name, None, |current| {
-                match sub.as_deref() {
-                    Some("scale") => {
-                        let mut scale = scale_of(current);
-                        patch::apply(kind, &mut scale, &body)?;
-                        let replicas = scale["spec"]["replicas"].as_i64().ok_or_else(|| {
-                            ApiError::invalid_patch("spec.replicas must be an integer")
-                        })?;
-                        current["spec"]["replicas"] = json!(replicas);
+            // Server-side apply of the object or its status tracks field
+            // ownership itself; every other patch is an update.
+            let apply = kind == PatchType::Apply && subresource != Some("scale");
+            let operation = if apply {
+                Operation::Apply
+            } else {
+                Operation::Update
+            };
+            let manager = request_manager(parts, query, operation, subresource)?;
+            let config = if apply {
+                Some(patch::parse_apply_config(&body)?)
+            } else {
+                None
+            };
+            let force = query.flag("force");
+            let api_version = resource.api_version();
+            let updates = (!apply).then_some(&manager);
+            let patched = update_with(
+                server,
+                resource,
+                namespace,
+                name,
+                None,
+                updates,
+                |current| {
+                    match sub.as_deref() {
+                        _ if apply => managed_fields::apply(
+                            current,
+                            config.as_ref().expect("parsed for apply"),
+                            &manager,
+                            force,
+                            &api_version,
+                        )?,
+                        Some("scale") => {
+                            let mut scale = scale_of(current);
+                            patch::apply(kind, &mut scale, &body)?;
+                            let replicas = scale["spec"]["replicas"].as_i64().ok_or_else(|| {
+                                ApiError::invalid_patch("spec.replicas must be an integer")
+                            })?;
+                            current["spec"]["replicas"] = json!(replicas);
+                        }
+                        Some("status") => {
+                            let mut copy = current.clone();
+                            patch::apply(kind, &mut copy, &body)?;
+                            current["status"] = copy["status"].clone();
+                        }
+                        _ => patch::apply(kind, current, &body)?,
                     }
-                    Some("status") => {
-                        let mut copy = current.clone();
-                        patch::apply(kind, &mut copy, &body)?;
-                        current["status"] = copy["status"].clone();
-                    }
-                    _ => patch::apply(kind, current, &body)?,
-                }
-                validate(resource, current, query)
-            })
+                    validate(resource, current, query)
+                },
+            )
             .await;
             match (patched, kind) {
                 (Ok(updated), _) if subresource == Some("scale") => Ok(ok(&scale_of(&updated))),
                 (Ok(updated), _) => Ok(ok(&updated)),
                 (Err(e), PatchType::Apply) if e.code == 404 && subresource.is_none() => {
-                    // Server-side apply of a new object creates it.
-                    let object = parse_body(&body)?;
+                    // Server-side apply of a new object creates it; the
+                    // applier owns what it applied (not the defaults).
+                    let mut object = config.expect("parsed for apply");
                     validate(resource, &object, query)?;
+                    if object["metadata"].is_object() {
+                        managed_fields::record_create(&mut object, &manager, &api_version)?;
+                    }
                     let created = registry.create(resource, namespace, object).await?;
                     Ok(json_response(StatusCode::CREATED, &created))
                 }
@@ -409,7 +510,7 @@ async fn object_verb(
                 .to_string();
             // As kube-apiserver does: the bind and the PodScheduled
             // condition in one write.
-            let bound = update_with(server, resource, namespace, name, None, |pod| {
+            let bound = update_with(server, resource, namespace, name, None, None, |pod| {
                 let current = pod["spec"]["nodeName"].as_str().unwrap_or("");
                 if !current.is_empty() {
                     return Err(ApiError::conflict("pods", name));
@@ -496,6 +597,7 @@ async fn update_with(
     namespace: Option<&str>,
     name: &str,
     expected: Option<i64>,
+    manager: Option<&FieldManager>,
     mut change: impl FnMut(&mut Value) -> Result<(), ApiError>,
 ) -> Result<Value, ApiError> {
     let registry = server.registry();
@@ -519,6 +621,14 @@ async fn update_with(
         }
         object::check_identity(resource, &updated, namespace)?;
         object::prepare_update(resource, &current, &mut updated);
+        if let Some(manager) = manager {
+            managed_fields::record_update(
+                &current,
+                &mut updated,
+                manager,
+                &resource.api_version(),
+            )?;
+        }
         crate::validation::check_update(resource, &current, &updated)?;
         let key = resource.key(namespace, name);
         match registry

@@ -138,7 +138,24 @@ macro_rules! raft_rpc {
 
 async fn route(node: &StoreNode, path: &str, body: Bytes) -> Response<Body> {
     match path {
-        PATH_APPEND => raft_rpc!(node, body, append_entries),
+        PATH_APPEND => {
+            let envelope: Envelope<_> = match decode_request(&body) {
+                Ok(envelope) => envelope,
+                Err(response) => return *response,
+            };
+            if let Err(e) = check_sender(node, envelope.from) {
+                tracing::warn!(from = envelope.from, "{e}");
+                return text(StatusCode::FORBIDDEN, e.to_string());
+            }
+            let result = node.inner.raft.append_entries(envelope.body).await;
+            if result
+                .as_ref()
+                .is_ok_and(|r| !matches!(r, openraft::raft::AppendEntriesResponse::HigherVote(_)))
+            {
+                node.note_leader_contact();
+            }
+            answer(&result)
+        }
         PATH_VOTE => raft_rpc!(node, body, vote),
         PATH_SNAPSHOT => raft_rpc!(node, body, install_snapshot),
         PATH_PROPOSE => {

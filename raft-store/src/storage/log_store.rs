@@ -112,16 +112,19 @@ impl LogStore {
     }
 
     fn last_log_id(&self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
-        let mut iter = self
-            .db
-            .iterator_cf(cf(&self.db, CF_LOG), rocksdb::IteratorMode::End);
-        match iter.next() {
-            None => Ok(None),
-            Some(item) => {
-                let (_, value) = item.map_err(read_err)?;
-                let entry: Entry<TypeConfig> = decode(&value, "log entry").map_err(read_err)?;
-                Ok(Some(entry.log_id))
-            }
+        last_log_id(&self.db)
+    }
+}
+
+/// The id of the last entry of the log kept in `db`.
+pub(crate) fn last_log_id(db: &DB) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
+    let mut iter = db.iterator_cf(cf(db, CF_LOG), rocksdb::IteratorMode::End);
+    match iter.next() {
+        None => Ok(None),
+        Some(item) => {
+            let (_, value) = item.map_err(read_err)?;
+            let entry: Entry<TypeConfig> = decode(&value, "log entry").map_err(read_err)?;
+            Ok(Some(entry.log_id))
         }
     }
 }

@@ -250,6 +250,7 @@ pub async fn run(args: Args) -> Result<(), String> {
         }
         None => orch_core::Client::http_servers(servers.clone(), token),
     };
+    let client = client.with_user_agent(concat!("orch-agent/", env!("CARGO_PKG_VERSION")));
     let agent = Agent::start(config, client)
         .await
         .map_err(|e| e.to_string())?;
