@@ -94,6 +94,8 @@ pub struct DeleteOptions {
     pub propagation: Option<Propagation>,
     /// `gracePeriodSeconds`.
     pub grace_period_seconds: Option<i64>,
+    /// `dryRun: [All]`: check everything, delete nothing.
+    pub dry_run: bool,
 }
 
 impl DeleteOptions {
@@ -140,10 +142,21 @@ impl DeleteOptions {
                 ))
             }
         };
+        let dry_run = match &options["dryRun"] {
+            Value::Null => false,
+            Value::Array(values) if values.is_empty() => false,
+            Value::Array(values) if values.iter().all(|v| v == "All") => true,
+            _ => {
+                return Err(ApiError::bad_request(
+                    "dryRun: the only supported value is All",
+                ))
+            }
+        };
         Ok(DeleteOptions {
             precondition,
             propagation,
             grace_period_seconds,
+            dry_run,
         })
     }
 }
@@ -559,7 +572,21 @@ impl Registry {
         &self,
         resource: &Resource,
         namespace: Option<&str>,
+        object: Value,
+    ) -> Result<Value, ApiError> {
+        self.create_with(resource, namespace, object, false).await
+    }
+
+    /// Creates an object or, with `dry_run`, goes through everything a
+    /// create checks (defaults, validation, namespace, quota and limits,
+    /// the name being free) and answers the object it would have created,
+    /// writing nothing (no ClusterIP or node port is allocated either).
+    pub async fn create_with(
+        &self,
+        resource: &Resource,
+        namespace: Option<&str>,
         mut object: Value,
+        dry_run: bool,
     ) -> Result<Value, ApiError> {
         // The envelope is checked as sent; the name once generateName had
         // its turn.
@@ -597,6 +624,12 @@ impl Registry {
             };
             let name = object::name(&candidate).to_string();
             let key = resource.key(namespace.as_deref(), &name);
+            if dry_run {
+                if self.read(&key).await?.is_some() {
+                    return Err(ApiError::already_exists(resource.plural, &name));
+                }
+                return Ok(candidate);
+            }
             if let Some(created) = self
                 .create_once(resource, &key, &name, candidate, quota_lock.as_ref())
                 .await?
@@ -1015,6 +1048,9 @@ impl Registry {
             return Err(ApiError::conflict(resource.plural, name));
         }
         let mut object = self.codec.decode(&current)?;
+        if options.dry_run {
+            return Ok(object);
+        }
         let marked = object["metadata"]["deletionTimestamp"].is_string();
         let mut finalizers: Vec<Value> = object["metadata"]["finalizers"]
             .as_array()

@@ -3,6 +3,7 @@
 mod admission;
 mod bad_input;
 mod client;
+mod dry_run;
 mod explain;
 mod informer;
 mod kubectl;

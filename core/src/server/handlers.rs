@@ -211,7 +211,9 @@ async fn collection(
             validate(resource, &object, query)?;
             let manager = request_manager(parts, query, Operation::Update, None)?;
             record_creator(resource, &mut object, &manager)?;
-            let created = registry.create(resource, namespace, object).await?;
+            let created = registry
+                .create_with(resource, namespace, object, dry_run(query)?)
+                .await?;
             Ok(json_response(StatusCode::CREATED, &created))
         }
         Method::DELETE => {
@@ -320,6 +322,7 @@ async fn object_verb(
     body: Bytes,
 ) -> Result<Response<Body>, ApiError> {
     let registry = server.registry();
+    let dry_run = dry_run(query)?;
     match (&parts.method, subresource) {
         (&Method::GET, None | Some("status")) => {
             let object = registry.get(resource, namespace, name).await?;
@@ -355,8 +358,11 @@ async fn object_verb(
                 resource,
                 namespace,
                 name,
-                object::resource_version(&object)?,
-                Some(&manager),
+                UpdateOptions {
+                    expected: object::resource_version(&object)?,
+                    manager: Some(&manager),
+                    dry_run,
+                },
                 |current| {
                     *current = object.clone();
                     Ok(())
@@ -373,8 +379,11 @@ async fn object_verb(
                 resource,
                 namespace,
                 name,
-                object::resource_version(&incoming)?,
-                Some(&manager),
+                UpdateOptions {
+                    expected: object::resource_version(&incoming)?,
+                    manager: Some(&manager),
+                    dry_run,
+                },
                 |current| {
                     current["status"] = incoming["status"].clone();
                     Ok(())
@@ -394,8 +403,11 @@ async fn object_verb(
                 resource,
                 namespace,
                 name,
-                object::resource_version(&scale)?,
-                Some(&manager),
+                UpdateOptions {
+                    expected: object::resource_version(&scale)?,
+                    manager: Some(&manager),
+                    dry_run,
+                },
                 |current| {
                     current["spec"]["replicas"] = json!(replicas);
                     Ok(())
@@ -435,8 +447,11 @@ async fn object_verb(
                 resource,
                 namespace,
                 name,
-                None,
-                updates,
+                UpdateOptions {
+                    expected: None,
+                    manager: updates,
+                    dry_run,
+                },
                 |current| {
                     match sub.as_deref() {
                         _ if apply => managed_fields::apply(
@@ -476,7 +491,9 @@ async fn object_verb(
                     if object["metadata"].is_object() {
                         managed_fields::record_create(&mut object, &manager, &api_version)?;
                     }
-                    let created = registry.create(resource, namespace, object).await?;
+                    let created = registry
+                        .create_with(resource, namespace, object, dry_run)
+                        .await?;
                     Ok(json_response(StatusCode::CREATED, &created))
                 }
                 (Err(e), _) => Err(e),
@@ -510,7 +527,12 @@ async fn object_verb(
                 .to_string();
             // As kube-apiserver does: the bind and the PodScheduled
             // condition in one write.
-            let bound = update_with(server, resource, namespace, name, None, None, |pod| {
+            let options = UpdateOptions {
+                expected: None,
+                manager: None,
+                dry_run,
+            };
+            let bound = update_with(server, resource, namespace, name, options, |pod| {
                 let current = pod["spec"]["nodeName"].as_str().unwrap_or("");
                 if !current.is_empty() {
                     return Err(ApiError::conflict("pods", name));
@@ -573,6 +595,9 @@ fn delete_options(query: &Query, body: &[u8]) -> Result<DeleteOptions, ApiError>
     if !options.is_object() {
         return Err(ApiError::bad_request("DeleteOptions must be an object"));
     }
+    if dry_run(query)? {
+        options["dryRun"] = json!(["All"]);
+    }
     for field in [
         "propagationPolicy",
         "gracePeriodSeconds",
@@ -588,6 +613,30 @@ fn delete_options(query: &Query, body: &[u8]) -> Result<DeleteOptions, ApiError>
     DeleteOptions::from_json(&options)
 }
 
+/// How [`update_with`] writes.
+struct UpdateOptions<'a> {
+    /// The resourceVersion the client read: a 409 if the object moved on
+    /// since. `None`: concurrent changes are retried.
+    expected: Option<i64>,
+    /// Who writes: field ownership is recorded for it (`None`: the entries
+    /// stay as they are).
+    manager: Option<&'a FieldManager>,
+    /// `dryRun=All`: everything is checked, nothing written.
+    dry_run: bool,
+}
+
+/// `dryRun=All` asks for every check of a write without the write; no
+/// other value exists.
+fn dry_run(query: &Query) -> Result<bool, ApiError> {
+    match query.get("dryRun") {
+        None | Some("") => Ok(false),
+        Some("All") => Ok(true),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "dryRun {other:?} is not supported: the only value is All"
+        ))),
+    }
+}
+
 /// Reads the object, applies `change`, and writes it back if nothing
 /// changed in between; retries on a concurrent change unless the client
 /// named a resourceVersion (then a mismatch is a 409).
@@ -596,10 +645,14 @@ async fn update_with(
     resource: &'static Resource,
     namespace: Option<&str>,
     name: &str,
-    expected: Option<i64>,
-    manager: Option<&FieldManager>,
+    options: UpdateOptions<'_>,
     mut change: impl FnMut(&mut Value) -> Result<(), ApiError>,
 ) -> Result<Value, ApiError> {
+    let UpdateOptions {
+        expected,
+        manager,
+        dry_run,
+    } = options;
     let registry = server.registry();
     for _ in 0..16 {
         let current = registry.get(resource, namespace, name).await?;
@@ -630,6 +683,10 @@ async fn update_with(
             )?;
         }
         crate::validation::check_update(resource, &current, &updated)?;
+        if dry_run {
+            object::set_resource_version(&mut updated, revision);
+            return Ok(updated);
+        }
         let key = resource.key(namespace, name);
         match registry
             .write_if_unchanged(resource, &key, name, revision, updated)
