@@ -383,6 +383,9 @@ fn agent_token(token: &str) -> Result<String> {
 }
 
 /// The command line of the embedded agent.
+/// The roles the Node of a master's embedded agent carries as labels.
+const MASTER_NODE_ROLES: [&str; 2] = ["control-plane", "master"];
+
 fn agent_args(args: &ServerArgs, data: &DataDir, api: &str, token: &str) -> Vec<String> {
     let mut argv = vec![
         "agent".to_string(),
@@ -398,6 +401,11 @@ fn agent_args(args: &ServerArgs, data: &DataDir, api: &str, token: &str) -> Vec<
     if let Some(name) = &args.node_name {
         argv.push("--node-name".to_string());
         argv.push(name.clone());
+    }
+    // A master's node says so (kubectl get nodes: ROLES), as with k3s.
+    for role in MASTER_NODE_ROLES {
+        argv.push("--label".to_string());
+        argv.push(format!("node-role.kubernetes.io/{role}=true"));
     }
     argv.extend(args.agent_args.iter().cloned());
     argv

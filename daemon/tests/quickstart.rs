@@ -103,6 +103,12 @@ fn quick_start_deploys_and_scales_busybox() {
         let (_, out) = kubectl(&kubeconfig, &["get", "nodes"]);
         out.contains(" Ready ").then_some(())
     });
+    let (_, nodes) = kubectl(&kubeconfig, &["get", "nodes"]);
+    assert!(
+        nodes.contains("control-plane,master"),
+        "the master's node shows its roles:
+{nodes}"
+    );
     let (ok, out) = kubectl(
         &kubeconfig,
         &[
