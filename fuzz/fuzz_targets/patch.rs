@@ -52,9 +52,20 @@ fn apply_with_ownership(
 ) -> Result<(), orch_core::ApiError> {
     let config = patch::parse_apply_config(body)?;
     let before = target.clone();
-    managed_fields::apply(target, &config, &manager("kubectl", Operation::Apply), force, "v1")?;
+    managed_fields::apply(
+        target,
+        &config,
+        &manager("kubectl", Operation::Apply),
+        force,
+        "v1",
+    )?;
     if force {
-        managed_fields::record_update(&before, target, &manager("editor", Operation::Update), "v1")?;
+        managed_fields::record_update(
+            &before,
+            target,
+            &manager("editor", Operation::Update),
+            "v1",
+        )?;
     }
     Ok(())
 }
