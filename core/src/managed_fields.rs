@@ -634,7 +634,10 @@ pub fn apply(
             }
             config
         }
-        Scope::Status => json!({"status": config["status"]}),
+        Scope::Status => match config.get("status") {
+            Some(status) => json!({ "status": status }),
+            None => json!({}),
+        },
     };
     if let Some(meta) = config["metadata"].as_object_mut() {
         meta.remove("managedFields");
@@ -843,6 +846,29 @@ mod tests {
             live["spec"]["template"]["spec"]["containers"],
             json!([{"name": "web", "image": "w2"}])
         );
+    }
+
+    #[test]
+    fn a_status_apply_touches_only_the_status() {
+        let mut live = json!({"kind": "Pod", "metadata": {"name": "p"},
+            "spec": {"nodeName": "n1"}, "status": {"phase": "Pending"}});
+        let status_applier = FieldManager {
+            name: "agent".into(),
+            operation: Operation::Apply,
+            subresource: Some("status".into()),
+        };
+        let config = json!({"metadata": {"name": "p"}, "spec": {"nodeName": "n2"},
+            "status": {"phase": "Running"}});
+        apply(&mut live, &config, &status_applier, false, "v1").unwrap();
+        assert_eq!(live["status"]["phase"], "Running");
+        assert_eq!(
+            live["spec"]["nodeName"], "n1",
+            "the spec is not the status's"
+        );
+        // A configuration without a status leaves the status alone.
+        let bare = json!({"metadata": {"name": "p"}});
+        apply(&mut live, &bare, &status_applier, false, "v1").unwrap();
+        assert_eq!(live["status"]["phase"], "Running");
     }
 
     #[test]
