@@ -306,21 +306,41 @@ fn value_at<'a>(object: &'a Value, path: &[String]) -> Option<&'a Value> {
 }
 
 fn step<'a>(value: &'a Value, element: &str) -> Option<&'a Value> {
+    match element.split_at_checked(2)? {
+        ("f:", name) => value.get(name),
+        _ => {
+            let items = value.as_array()?;
+            items.get(item_index(items, element)?)
+        }
+    }
+}
+
+fn step_mut<'a>(value: &'a mut Value, element: &str) -> Option<&'a mut Value> {
+    match element.split_at_checked(2)? {
+        ("f:", name) => value.get_mut(name),
+        _ => {
+            let items = value.as_array_mut()?;
+            let index = item_index(items, element)?;
+            items.get_mut(index)
+        }
+    }
+}
+
+/// Where the list item a `k:`, `v:` or `i:` element names is in `items`.
+fn item_index(items: &[Value], element: &str) -> Option<usize> {
     let (kind, rest) = element.split_at_checked(2)?;
     match kind {
-        "f:" => value.get(rest),
         "k:" => {
             let key: Map<String, Value> = serde_json::from_str(rest).ok()?;
-            value
-                .as_array()?
+            items
                 .iter()
-                .find(|item| key.iter().all(|(k, v)| item.get(k) == Some(v)))
+                .position(|item| key.iter().all(|(k, v)| item.get(k) == Some(v)))
         }
         "v:" => {
             let wanted: Value = serde_json::from_str(rest).ok()?;
-            value.as_array()?.iter().find(|item| **item == wanted)
+            items.iter().position(|item| *item == wanted)
         }
-        "i:" => value.as_array()?.get(rest.parse::<usize>().ok()?),
+        "i:" => rest.parse::<usize>().ok().filter(|i| *i < items.len()),
         _ => None,
     }
 }
@@ -337,33 +357,16 @@ fn remove_at(object: &mut Value, path: &[String]) {
         };
         parent = next;
     }
-    let Some((kind, rest)) = last.split_at_checked(2) else {
-        return;
-    };
-    match (kind, parent) {
-        ("f:", Value::Object(map)) => {
-            map.remove(rest);
+    match (last.split_at_checked(2), parent) {
+        (Some(("f:", name)), Value::Object(map)) => {
+            map.remove(name);
         }
-        (_, parent @ Value::Array(_)) => {
-            let target = step(parent, last).cloned();
-            if let (Some(target), Value::Array(items)) = (target, parent) {
-                if let Some(i) = items.iter().position(|item| *item == target) {
-                    items.remove(i);
-                }
+        (_, Value::Array(items)) => {
+            if let Some(index) = item_index(items, last) {
+                items.remove(index);
             }
         }
         _ => {}
-    }
-}
-
-fn step_mut<'a>(value: &'a mut Value, element: &str) -> Option<&'a mut Value> {
-    let found = step(value, element)?.clone();
-    match element.split_at_checked(2)? {
-        ("f:", name) => value.get_mut(name),
-        _ => value
-            .as_array_mut()?
-            .iter_mut()
-            .find(|item| **item == found),
     }
 }
 

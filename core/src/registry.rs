@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use crate::admission::QuotaLock;
 use crate::encryption::{self, SecretKeys, KEYRING_KEY};
 use crate::error::ApiError;
+use crate::managed_fields::{self, FieldManager};
 use crate::node_ports;
 use crate::object;
 use crate::resource::{self, Resource};
@@ -159,6 +160,21 @@ impl DeleteOptions {
             dry_run,
         })
     }
+}
+
+/// How [`Registry::create_with`] creates.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CreateOptions<'a> {
+    /// The creator: it owns every field of the object as created, the
+    /// defaults the server filled in included. `None`: no entry is added
+    /// (a creator that recorded its own, like server-side apply, or a
+    /// write that tracks no ownership).
+    pub manager: Option<&'a FieldManager>,
+    /// `dryRun=All`: go through everything a create checks (defaults,
+    /// validation, namespace, quota and limits, the name being free) and
+    /// answer the object it would have created, writing nothing (no
+    /// ClusterIP or node port is allocated either).
+    pub dry_run: bool,
 }
 
 /// One page of a list.
@@ -574,26 +590,29 @@ impl Registry {
         namespace: Option<&str>,
         object: Value,
     ) -> Result<Value, ApiError> {
-        self.create_with(resource, namespace, object, false).await
+        self.create_with(resource, namespace, object, CreateOptions::default())
+            .await
     }
 
-    /// Creates an object or, with `dry_run`, goes through everything a
-    /// create checks (defaults, validation, namespace, quota and limits,
-    /// the name being free) and answers the object it would have created,
-    /// writing nothing (no ClusterIP or node port is allocated either).
+    /// Creates an object as `options` say: recording its creator's
+    /// fields, or only going through the checks (see [`CreateOptions`]).
     pub async fn create_with(
         &self,
         resource: &Resource,
         namespace: Option<&str>,
         mut object: Value,
-        dry_run: bool,
+        options: CreateOptions<'_>,
     ) -> Result<Value, ApiError> {
+        let CreateOptions { manager, dry_run } = options;
         // The envelope is checked as sent; the name once generateName had
         // its turn.
         object::check_envelope(resource, &object, namespace)?;
         object::prepare_create(resource, &mut object, namespace);
         object::check_name(resource, &object)?;
         crate::validation::check(resource, &object)?;
+        if let Some(manager) = manager {
+            managed_fields::record_create(&mut object, manager, &resource.api_version())?;
+        }
         let namespace = if resource.namespaced {
             let ns = namespace
                 .or_else(|| object::namespace(&object))

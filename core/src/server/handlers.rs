@@ -15,7 +15,7 @@ use crate::error::ApiError;
 use crate::managed_fields::{self, FieldManager, Operation};
 use crate::object;
 use crate::patch::{self, PatchType};
-use crate::registry::{DeleteOptions, EventType};
+use crate::registry::{CreateOptions, DeleteOptions, EventType};
 use crate::resource::Resource;
 
 fn header<'a>(parts: &'a Parts, name: &str) -> &'a str {
@@ -54,30 +54,6 @@ fn request_manager(
         operation,
         subresource,
     )
-}
-
-/// Records that `manager` created `object`: it owns every field it sent and
-/// the defaults the server fills in.
-fn record_creator(
-    resource: &Resource,
-    object: &mut Value,
-    manager: &FieldManager,
-) -> Result<(), ApiError> {
-    if !object["metadata"].is_object() {
-        return Ok(());
-    }
-    let mut defaulted = object.clone();
-    crate::defaults::apply(resource, &mut defaulted);
-    managed_fields::record_create(&mut defaulted, manager, &resource.api_version())?;
-    match defaulted["metadata"].get_mut("managedFields") {
-        Some(managed) => object["metadata"]["managedFields"] = managed.take(),
-        None => {
-            if let Some(meta) = object["metadata"].as_object_mut() {
-                meta.remove("managedFields");
-            }
-        }
-    }
-    Ok(())
 }
 
 fn ok(value: &Value) -> Response<Body> {
@@ -207,12 +183,15 @@ async fn collection(
             )))
         }
         Method::POST => {
-            let mut object = parse_body(&body)?;
+            let object = parse_body(&body)?;
             validate(resource, &object, query)?;
             let manager = request_manager(parts, query, Operation::Update, None)?;
-            record_creator(resource, &mut object, &manager)?;
+            let options = CreateOptions {
+                manager: Some(&manager),
+                dry_run: dry_run(query)?,
+            };
             let created = registry
-                .create_with(resource, namespace, object, dry_run(query)?)
+                .create_with(resource, namespace, object, options)
                 .await?;
             Ok(json_response(StatusCode::CREATED, &created))
         }
@@ -491,8 +470,12 @@ async fn object_verb(
                     if object["metadata"].is_object() {
                         managed_fields::record_create(&mut object, &manager, &api_version)?;
                     }
+                    let options = CreateOptions {
+                        manager: None,
+                        dry_run,
+                    };
                     let created = registry
-                        .create_with(resource, namespace, object, dry_run)
+                        .create_with(resource, namespace, object, options)
                         .await?;
                     Ok(json_response(StatusCode::CREATED, &created))
                 }
